@@ -1,0 +1,1 @@
+"""Reionization snapshots: the built-in simulator, user-snapshot loading and checks."""

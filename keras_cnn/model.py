@@ -1,0 +1,197 @@
+"""The two-branch 3D CNN of the original project, as a Keras functional model.
+
+Left branch (`conv3d_6..8`) sees the IGM overdensity, right branch (`conv3d_15..17`)
+the ionizing sources; a Dense/Dropout head (`dense` .. `dense_7`) maps the concatenated
+features to the ionized fraction x_HII of the centre voxel. Layer names are the
+original project's, so weights and summaries can be compared line by line.
+
+Input normalization lives inside the model (`source_transform`, `normalize_n_igm`,
+`normalize_n_src`), so a saved `.keras` file takes raw-unit fields: the overdensity
+`rho / mean(rho) - 1` (see `keras_cnn.data.snapshot.overdensity`) and raw source counts.
+"""
+
+import dataclasses
+from typing import Optional, Sequence
+
+import keras
+from keras import ops
+
+LEFT_BLOCKS = (6, 7, 8)
+RIGHT_BLOCKS = (15, 16, 17)
+SOURCE_TRANSFORMS = ("none", "log1p")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every size of the network; the defaults are the original (week 2) design."""
+
+  radius: int = 24
+  kernel_size: int = 5
+  filters: int = 128
+  stride_conv: int = 1
+  kernel_pooling: int = 2
+  dropout_input: float = 0.8
+  dropout_hidden: float = 0.5
+  dense_units: Sequence[int] = (256, 128, 64, 32, 16)
+  tail_units: Sequence[int] = (8, 4)
+  leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the slides
+  source_transform: str = "log1p"
+
+  @property
+  def crop_size(self) -> int:
+    return 2 * self.radius + 1
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class SourceTransform(keras.layers.Layer):
+  """Elementwise transform of the source field before normalization.
+
+  Source counts are heavy-tailed (mostly zeros, a few bright cells); `log1p`
+  compresses the tail so that normalization is not dominated by it.
+
+  Args:
+    kind: "log1p" (log(1 + max(x, 0))) or "none" (identity).
+
+  Example:
+    >>> SourceTransform("log1p")(np.array([0.0, np.e - 1.0]))  # -> [0., 1.]
+  """
+
+  def __init__(self, kind: str = "log1p", **kwargs):
+    super().__init__(**kwargs)
+    if kind not in SOURCE_TRANSFORMS:
+      raise ValueError(
+          f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
+    self.kind = kind
+
+  def call(self, inputs):
+    if self.kind == "log1p":
+      return ops.log1p(ops.maximum(inputs, 0.0))
+    return inputs
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), "kind": self.kind}
+
+
+def apply_source_transform(values, kind: str):
+  """NumPy twin of `SourceTransform`, used to fit the normalization statistics."""
+  import numpy as np  # local: keeps the module's import surface to keras
+
+  if kind not in SOURCE_TRANSFORMS:
+    raise ValueError(
+        f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
+  values = np.asarray(values, dtype=np.float32)
+  return np.log1p(np.maximum(values, 0.0)) if kind == "log1p" else values
+
+
+def feature_map_sizes(config: ModelConfig) -> list:
+  """Spatial side after each of the three conv+pool blocks (Keras 'same'/'valid')."""
+  side = config.crop_size
+  sizes = []
+  for _ in LEFT_BLOCKS:
+    side = -(-side // config.stride_conv)  # 'same' conv: ceil(n / stride)
+    side = side // config.kernel_pooling  # pool stride = pool size
+    sizes.append(side)
+  return sizes
+
+
+def validate_config(config: ModelConfig) -> None:
+  """Raises ValueError naming the flag to change when the config cannot build."""
+  positive = ("radius", "kernel_size", "filters", "stride_conv", "kernel_pooling")
+  for name in positive:
+    if getattr(config, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(config, name)}")
+  if config.kernel_size % 2 == 0:
+    raise ValueError(
+        f"--kernel_size must be odd (centred 'same' convolution), got {config.kernel_size}")
+  for name in ("dropout_input", "dropout_hidden"):
+    rate = getattr(config, name)
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"--{name} must be in [0, 1), got {rate}")
+  if len(config.dense_units) != 5 or any(u < 1 for u in config.dense_units):
+    raise ValueError(
+        f"--dense_units needs 5 positive widths (dense .. dense_4), got {list(config.dense_units)}")
+  if len(config.tail_units) != 2 or any(u < 1 for u in config.tail_units):
+    raise ValueError(
+        f"--tail_units needs 2 positive widths (dense_5, dense_6), got {list(config.tail_units)}")
+  if config.source_transform not in SOURCE_TRANSFORMS:
+    raise ValueError(
+        f"--source_transform must be one of {SOURCE_TRANSFORMS}, got {config.source_transform!r}")
+  sizes = feature_map_sizes(config)
+  if sizes[-1] < 1:
+    raise ValueError(
+        f"crop of side {config.crop_size} (--radius={config.radius}) shrinks to nothing after "
+        f"three blocks of --stride_conv={config.stride_conv} and "
+        f"--kernel_pooling={config.kernel_pooling} (sides {sizes}): increase --radius or "
+        "decrease --stride_conv / --kernel_pooling")
+
+
+def flattened_width(config: ModelConfig) -> int:
+  """Width of `flatten`: both branches' final feature maps."""
+  return 2 * config.filters * feature_map_sizes(config)[-1] ** 3
+
+
+def _branch(x, block_ids, config: ModelConfig):
+  for i in block_ids:
+    x = keras.layers.Conv3D(
+        config.filters, config.kernel_size, strides=config.stride_conv,
+        padding="same", name=f"conv3d_{i}")(x)
+    x = keras.layers.BatchNormalization(name=f"batch_normalization_{i}")(x)
+    x = keras.layers.LeakyReLU(
+        negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
+    x = keras.layers.AveragePooling3D(
+        pool_size=config.kernel_pooling, name=f"average_pooling_3d_{i}")(x)
+  return x
+
+
+def build_model(config: ModelConfig = ModelConfig(),
+                n_igm_stats: Optional[Sequence[float]] = None,
+                n_src_stats: Optional[Sequence[float]] = None,
+                name: str = "keras_cnn") -> keras.Model:
+  """Builds the two-branch CNN.
+
+  Args:
+    config: network sizes; see `ModelConfig`.
+    n_igm_stats: (mean, variance) of the training overdensity; (0, 1) if None.
+    n_src_stats: (mean, variance) of the *transformed* training sources; (0, 1) if None.
+    name: model name.
+
+  Returns:
+    A `keras.Model` with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,) and
+    output `x_hii` (batch, 1) in [0, 1].
+  """
+  validate_config(config)
+  shape = (config.crop_size,) * 3 + (1,)
+  n_igm = keras.Input(shape=shape, name="n_igm")
+  n_src = keras.Input(shape=shape, name="n_src")
+
+  igm_mean, igm_var = n_igm_stats if n_igm_stats is not None else (0.0, 1.0)
+  src_mean, src_var = n_src_stats if n_src_stats is not None else (0.0, 1.0)
+  left = keras.layers.Normalization(
+      axis=None, mean=float(igm_mean), variance=float(igm_var),
+      name="normalize_n_igm")(n_igm)
+  right = SourceTransform(config.source_transform, name="source_transform")(n_src)
+  right = keras.layers.Normalization(
+      axis=None, mean=float(src_mean), variance=float(src_var),
+      name="normalize_n_src")(right)
+
+  left = _branch(left, LEFT_BLOCKS, config)
+  right = _branch(right, RIGHT_BLOCKS, config)
+
+  x = keras.layers.Concatenate(axis=-1, name="concatenate")([left, right])
+  x = keras.layers.Flatten(name="flatten")(x)
+  x = keras.layers.Dropout(config.dropout_input, name="dropout")(x)
+  for i, units in enumerate(config.dense_units):
+    x = keras.layers.Dense(units, name="dense" if i == 0 else f"dense_{i}")(x)
+    x = keras.layers.Dropout(config.dropout_hidden, name=f"dropout_{i + 1}")(x)
+    x = keras.layers.LeakyReLU(
+        negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{18 + i}")(x)
+  first_tail = len(config.dense_units)
+  for j, units in enumerate(config.tail_units):
+    x = keras.layers.Dense(units, name=f"dense_{first_tail + j}")(x)
+  x = keras.layers.Dense(
+      1, activation="sigmoid", name=f"dense_{first_tail + len(config.tail_units)}")(x)
+  x_hii = keras.layers.Identity(name="x_hii")(x)
+  return keras.Model({"n_igm": n_igm, "n_src": n_src}, x_hii, name=name)
