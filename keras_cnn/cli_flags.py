@@ -1,0 +1,136 @@
+"""Every absl flag of keras_cnn's commands, defined in one place.
+
+Entry points call the `define_*` functions they need at import (absl's convention,
+so `--help` lists them) and read flag values only inside `main`. Each function is
+idempotent, so several entry points can be imported in one process (tests do).
+Flag defaults are the CPU default preset (`flags/default.flags` repeats them with
+comments); `flags/week2.flags` is the original GPU-sized network.
+"""
+
+from absl import flags
+
+from keras_cnn import model as model_lib
+
+FLAGS = flags.FLAGS
+
+BACKEND_SETTINGS = ("auto", "on", "off")
+
+
+def _once(name: str) -> bool:
+  """True if flag `name` still has to be defined."""
+  return name not in FLAGS
+
+
+def _positive(name: str):
+  flags.register_validator(name, lambda v: v is None or v >= 1,
+                           message=f"--{name} must be >= 1")
+
+
+def define_model_flags() -> None:
+  """Network sizes (`keras_cnn.model.ModelConfig`)."""
+  if not _once("radius"):
+    return
+  flags.DEFINE_integer("radius", 12, "Crop radius r in cells; crops are (2r+1)^3.")
+  flags.DEFINE_integer("kernel_size", 3, "Conv3D kernel side (odd).")
+  flags.DEFINE_integer("filters", 16, "Conv3D filters in every block of both branches.")
+  flags.DEFINE_integer("stride_conv", 1, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
+  flags.DEFINE_integer("kernel_pooling", 2,
+                       "AveragePooling3D size and stride (1 disables pooling).")
+  flags.DEFINE_float("dropout_input", 0.8, "Dropout rate of `dropout` after `flatten`.")
+  flags.DEFINE_float("dropout_hidden", 0.5, "Dropout rate of `dropout_1` .. `dropout_5`.")
+  flags.DEFINE_list("dense_units", ["256", "128", "64", "32", "16"],
+                    "Widths of dense .. dense_4.")
+  flags.DEFINE_list("tail_units", ["8", "4"], "Widths of dense_5, dense_6.")
+  flags.DEFINE_float("leaky_relu_slope", 0.01, "LeakyReLU negative slope (torch default).")
+  flags.DEFINE_enum("source_transform", "log1p", list(model_lib.SOURCE_TRANSFORMS),
+                    "Transform of the source field inside the model, before standardization.")
+  for name in ("radius", "kernel_size", "filters", "stride_conv", "kernel_pooling"):
+    _positive(name)
+  flags.register_validator("kernel_size", lambda v: v % 2 == 1,
+                           message="--kernel_size must be odd")
+  for name in ("dropout_input", "dropout_hidden"):
+    flags.register_validator(name, lambda v: 0.0 <= v < 1.0,
+                             message=f"--{name} must be in [0, 1)")
+  for name, count in (("dense_units", 5), ("tail_units", 2)):
+    flags.register_validator(
+        name,
+        lambda v, count=count: len(v) == count and all(s.isdigit() and int(s) > 0 for s in v),
+        message=f"--{name} needs {count} positive integers, comma separated")
+
+
+def define_data_flags() -> None:
+  """Where snapshots come from: a folder of .npy files, a TFDS name, or the simulator."""
+  if not _once("data_dir"):
+    return
+  flags.DEFINE_string("data_dir", None,
+                      "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
+  flags.DEFINE_float("redshift", None, "Snapshot redshift in --data_dir (needed if several).")
+  flags.DEFINE_string("dataset", "synthetic",
+                      "'synthetic' (the built-in simulator; independent realizations per "
+                      "split) or a TFDS name such as reionization_boxes/synthetic_64.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: TFDS's own).")
+  flags.DEFINE_integer("n_cells", 64, "Synthetic box side in cells.")
+  flags.DEFINE_float("mean_xhii", 0.5, "Synthetic boxes' mean ionized fraction.")
+  flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic realizations.")
+  flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
+  _positive("n_cells")
+  _positive("batch_size")
+  flags.register_validator("mean_xhii", lambda v: 0.0 < v < 1.0,
+                           message="--mean_xhii must be in (0, 1)")
+
+
+def define_train_flags() -> None:
+  """Optimization, callbacks and output of `keras_cnn.train`."""
+  define_model_flags()
+  define_data_flags()
+  if not _once("workdir"):
+    return
+  flags.DEFINE_string("workdir", "runs/default", "Output folder (model, metrics, logs, plots).")
+  flags.DEFINE_integer("epochs", 30, "Maximum number of epochs.")
+  flags.DEFINE_integer("steps_per_epoch", 100, "Training batches per epoch.")
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+  flags.DEFINE_integer("seed", 0, "Seed of weights, crop centres and augmentation.")
+  flags.DEFINE_boolean("augment", True, "Random cube symmetry (48) per training example.")
+  flags.DEFINE_integer("stratify_bins", 0,
+                       "If > 0, draw training centres uniformly over this many x_HII bins.")
+  flags.DEFINE_integer("validation_examples", 4096, "Fixed validation crops per epoch.")
+  flags.DEFINE_integer("test_examples", 16384, "Fixed test crops for metrics.json.")
+  flags.DEFINE_integer("patience", 6, "EarlyStopping patience in epochs (0: off).")
+  flags.DEFINE_float("time_budget_minutes", 0.0,
+                     "Stop training after this wall-clock time (0: no limit).")
+  flags.DEFINE_enum("distribution", "none", ["none", "data_parallel"],
+                    "Train on every local device (see keras_cnn.distribute).")
+  flags.DEFINE_enum("jit_compile", "auto", list(BACKEND_SETTINGS),
+                    "XLA compilation of the train step; auto picks the fastest per backend.")
+  flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                    "Keras dtype policy.")
+  for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples"):
+    _positive(name)
+  flags.register_validator("learning_rate", lambda v: v > 0,
+                           message="--learning_rate must be > 0")
+
+
+def define_model_input_flags() -> None:
+  """Flags shared by evaluate and predict: the saved model to apply."""
+  define_data_flags()
+  if not _once("model"):
+    return
+  flags.DEFINE_string("model", None, "Path of a trained .keras file.")
+  flags.mark_flag_as_required("model")
+
+
+def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
+  """The ModelConfig that the model flags describe."""
+  return model_lib.ModelConfig(
+      radius=flag_values.radius,
+      kernel_size=flag_values.kernel_size,
+      filters=flag_values.filters,
+      stride_conv=flag_values.stride_conv,
+      kernel_pooling=flag_values.kernel_pooling,
+      dropout_input=flag_values.dropout_input,
+      dropout_hidden=flag_values.dropout_hidden,
+      dense_units=tuple(int(u) for u in flag_values.dense_units),
+      tail_units=tuple(int(u) for u in flag_values.tail_units),
+      leaky_relu_slope=flag_values.leaky_relu_slope,
+      source_transform=flag_values.source_transform,
+  )
