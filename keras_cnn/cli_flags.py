@@ -30,7 +30,8 @@ def define_model_flags() -> None:
   """Network sizes (`keras_cnn.model.ModelConfig`)."""
   if not _once("radius"):
     return
-  flags.DEFINE_integer("radius", 12, "Crop radius r in cells; crops are (2r+1)^3.")
+  flags.DEFINE_integer("radius", 12, "Crop radius r in cells; crops are (2r+1)^3 "
+                       "(0: the centre voxel only, with --kernel_pooling=1).")
   flags.DEFINE_integer("kernel_size", 3, "Conv3D kernel side (odd).")
   flags.DEFINE_integer("filters", 16, "Conv3D filters in every block of both branches.")
   flags.DEFINE_integer("stride_conv", 1, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
@@ -44,7 +45,8 @@ def define_model_flags() -> None:
   flags.DEFINE_float("leaky_relu_slope", 0.01, "LeakyReLU negative slope (torch default).")
   flags.DEFINE_enum("source_transform", "log1p", list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
-  for name in ("radius", "kernel_size", "filters", "stride_conv", "kernel_pooling"):
+  flags.register_validator("radius", lambda v: v >= 0, message="--radius must be >= 0")
+  for name in ("kernel_size", "filters", "stride_conv", "kernel_pooling"):
     _positive(name)
   flags.register_validator("kernel_size", lambda v: v % 2 == 1,
                            message="--kernel_size must be odd")
@@ -134,3 +136,64 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       leaky_relu_slope=flag_values.leaky_relu_slope,
       source_transform=flag_values.source_transform,
   )
+
+
+def _define_apply_flags() -> None:
+  """Flags of evaluate and predict beyond the data: model, split, output, progress."""
+  define_model_input_flags()
+  if not _once("out"):
+    return
+  from keras_cnn import inputs as inputs_lib
+
+  flags.DEFINE_string("out", None,
+                      "evaluate: output folder (metrics.json, PNGs); "
+                      "predict: the .npy file of the x_HII map.")
+  flags.mark_flag_as_required("out")
+  flags.DEFINE_enum("split", "test", list(inputs_lib.SPLITS),
+                    "Split of --dataset to use (ignored with --data_dir).")
+  flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
+
+
+def define_predict_flags() -> None:
+  """`keras_cnn.predict`: which box, and which x-slab of it (shards)."""
+  _define_apply_flags()
+  if not _once("num_shards"):
+    return
+  flags.DEFINE_integer("num_shards", 1,
+                       "Split the box into this many x-slabs (one process per slab).")
+  flags.DEFINE_integer("shard_index", 0,
+                       "Which x-slab to predict, in [0, --num_shards).")
+  flags.DEFINE_integer("box_index", 0,
+                       "Which box of the split to paint when it holds several.")
+  _positive("num_shards")
+  flags.register_validator("box_index", lambda v: v >= 0, message="--box_index must be >= 0")
+  flags.register_multi_flags_validator(
+      ["num_shards", "shard_index"],
+      lambda v: v["num_shards"] is None or 0 <= v["shard_index"] < v["num_shards"],
+      message="--shard_index must be in [0, --num_shards): shards are numbered from 0")
+
+
+def define_evaluate_flags() -> None:
+  """`keras_cnn.evaluate`: how much of each box to score and what to plot."""
+  _define_apply_flags()
+  if not _once("history"):
+    return
+  flags.DEFINE_string("history", None,
+                      "history.csv of the training run to plot (default: the one beside "
+                      "--model, if any).")
+  flags.DEFINE_integer("max_full_voxels", 128 ** 3,
+                       "Boxes with at most this many voxels are predicted whole (maps, "
+                       "slices, power spectra); larger ones are scored on --num_examples "
+                       "random voxels.")
+  flags.DEFINE_integer("num_examples", 16384,
+                       "Random voxels scored per box larger than --max_full_voxels.")
+  flags.DEFINE_integer("sample_seed", 0, "Seed of the random voxels of large boxes.")
+  flags.DEFINE_float("cell_size_mpc", 2.381,
+                     "Comoving cell side in cMpc (plot axes, power-spectrum k).")
+  flags.DEFINE_enum("power_spectrum", "auto", ["auto", "tools21cm", "numpy", "off"],
+                    "Power-spectrum implementation: auto uses tools21cm (extra 'astro') "
+                    "when installed, else the NumPy twin in keras_cnn.metrics.")
+  _positive("max_full_voxels")
+  _positive("num_examples")
+  flags.register_validator("cell_size_mpc", lambda v: v > 0,
+                           message="--cell_size_mpc must be > 0")

@@ -99,7 +99,9 @@ def feature_map_sizes(config: ModelConfig) -> list:
 
 def validate_config(config: ModelConfig) -> None:
   """Raises ValueError naming the flag to change when the config cannot build."""
-  positive = ("radius", "kernel_size", "filters", "stride_conv", "kernel_pooling")
+  if config.radius < 0:
+    raise ValueError(f"--radius must be >= 0, got {config.radius}")
+  positive = ("kernel_size", "filters", "stride_conv", "kernel_pooling")
   for name in positive:
     if getattr(config, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(config, name)}")

@@ -83,6 +83,7 @@ SHAPE_CASES = [
     (24, 5, 8, 2, 2, 2 * 8 * 1 ** 3),
     (2, 3, 4, 1, 1, 2 * 4 * 5 ** 3),
     (5, 7, 4, 1, 1, 2 * 4 * 11 ** 3),
+    (0, 3, 4, 1, 1, 2 * 4),  # centre voxel only: the local baseline
 ]
 
 
@@ -101,6 +102,7 @@ def test_output_shapes(radius, kernel, filters, stride, pool, width):
 FAILING_CASES = [
     (dict(radius=3, kernel_pooling=2), "shrinks to nothing"),
     (dict(radius=24, stride_conv=4, kernel_pooling=2), "decrease --stride_conv / --kernel_pooling"),
+    (dict(radius=-1), "--radius must be >= 0"),
     (dict(kernel_size=4), "--kernel_size must be odd"),
     (dict(filters=0), "--filters must be >= 1"),
     (dict(dropout_input=1.0), "--dropout_input must be in [0, 1)"),

@@ -1,0 +1,1 @@
+"""TFDS builders for reionization snapshots."""

@@ -1,0 +1,52 @@
+"""`python -m keras_cnn.train`: fit the emulator and write everything to --workdir.
+
+This file is intentionally kept short: it turns flags into a `TrainConfig` and calls
+`keras_cnn.training.train_and_evaluate`, which does the work.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_cnn import cli_flags
+from keras_cnn import training
+
+FLAGS = flags.FLAGS
+cli_flags.define_train_flags()
+flags.adopt_module_key_flags(cli_flags)
+
+
+def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
+  """The TrainConfig that the parsed flags describe."""
+  return training.TrainConfig(
+      model=cli_flags.model_config_from_flags(flag_values),
+      data=training.DataConfig(
+          data_dir=flag_values.data_dir, redshift=flag_values.redshift,
+          dataset=flag_values.dataset, tfds_data_dir=flag_values.tfds_data_dir,
+          n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
+          data_seed=flag_values.data_seed),
+      batch_size=flag_values.batch_size, epochs=flag_values.epochs,
+      steps_per_epoch=flag_values.steps_per_epoch, learning_rate=flag_values.learning_rate,
+      seed=flag_values.seed, augment=flag_values.augment,
+      stratify_bins=flag_values.stratify_bins,
+      validation_examples=flag_values.validation_examples,
+      test_examples=flag_values.test_examples, patience=flag_values.patience,
+      time_budget_minutes=flag_values.time_budget_minutes,
+      distribution=flag_values.distribution, jit_compile=flag_values.jit_compile,
+      precision=flag_values.precision)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  config = config_from_flags()
+  metrics = training.train_and_evaluate(config, FLAGS.workdir,
+                                        flags_text=FLAGS.flags_into_string())
+  print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+  app.run(main)

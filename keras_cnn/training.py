@@ -1,0 +1,237 @@
+"""Training library: fit the two-branch CNN, keep the best model, score the test split.
+
+`train_and_evaluate(config, workdir)` is the whole job behind `python -m keras_cnn.train`;
+it reads no flags. A run killed at any point and started again with the same workdir
+resumes from the last finished epoch (`keras.callbacks.BackupAndRestore`).
+"""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+
+from keras_cnn import inputs as inputs_lib
+from keras_cnn import model as model_lib
+
+MODEL_FILE = "model.keras"
+BEST_FILE = "best.keras"  # ModelCheckpoint's target; becomes model.keras at the end
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the snapshots come from (see `keras_cnn.inputs`)."""
+
+  data_dir: Optional[str] = None
+  redshift: Optional[float] = None
+  dataset: str = inputs_lib.SYNTHETIC
+  tfds_data_dir: Optional[str] = None
+  n_cells: int = 64
+  mean_xhii: float = 0.5
+  data_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on; `keras_cnn.cli_flags` fills it from flags."""
+
+  model: model_lib.ModelConfig = model_lib.ModelConfig()
+  data: DataConfig = DataConfig()
+  batch_size: int = 64
+  epochs: int = 30
+  steps_per_epoch: int = 100
+  learning_rate: float = 1e-3
+  seed: int = 0
+  augment: bool = True
+  stratify_bins: int = 0
+  validation_examples: int = 4096
+  test_examples: int = 16384
+  patience: int = 6
+  time_budget_minutes: float = 0.0
+  distribution: str = "none"
+  jit_compile: str = "auto"
+  precision: str = "float32"
+
+
+class TimeBudget(keras.callbacks.Callback):
+  """Stops training once `minutes` of wall-clock time have elapsed (mid-epoch)."""
+
+  def __init__(self, minutes: float):
+    super().__init__()
+    self.seconds = 60.0 * minutes
+    self.start = None
+
+  def on_train_begin(self, logs=None):
+    self.start = time.monotonic()
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.seconds and time.monotonic() - self.start >= self.seconds:
+      if not self.model.stop_training:
+        logging.info("Time budget of %.1f min reached: last epoch.", self.seconds / 60)
+      self.model.stop_training = True  # ends this epoch early; validation still runs
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def resolve_jit_compile(setting: str):
+  """'auto': XLA only where it is faster for Conv3D (not on CPU; see the README table)."""
+  if setting == "on":
+    return True
+  if setting == "off":
+    return False
+  try:
+    from keras_cnn import distribute
+    return distribute.default_jit_compile()
+  except (ImportError, AttributeError):
+    return False
+
+
+def _distribution_scope(kind: str):
+  if kind == "none":
+    return contextlib.nullcontext()
+  from keras_cnn import distribute
+  return distribute.distribution_scope(kind)
+
+
+def compile_model(model: keras.Model, learning_rate: float, jit_compile) -> None:
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss="mse",
+                metrics=[keras.metrics.R2Score(name="r2")],
+                jit_compile=jit_compile)
+
+
+def _callbacks(config: TrainConfig, workdir: str, history: list):
+  best_so_far = min((float(row["val_loss"]) for row in history), default=None)
+  callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+      # On resume, only a model better than the epochs already logged replaces best.keras.
+      keras.callbacks.ModelCheckpoint(os.path.join(workdir, BEST_FILE), monitor="val_loss",
+                                      save_best_only=True,
+                                      initial_value_threshold=best_so_far),
+      keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
+      keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+      keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                        patience=max(1, config.patience // 2), min_lr=1e-6),
+      keras.callbacks.TerminateOnNaN(),
+  ]
+  if config.patience:
+    callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
+  if config.time_budget_minutes:
+    callbacks.append(TimeBudget(config.time_budget_minutes))
+  return callbacks
+
+
+def read_history(workdir: str) -> list:
+  """Rows of workdir/history.csv (one per finished epoch), [] for a new run."""
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str,
+                       flags_text: Optional[str] = None) -> dict:
+  """Trains, keeps the best model on validation, and scores the test split.
+
+  Args:
+    config: the run's settings.
+    workdir: output folder; an existing one with a backup resumes.
+    flags_text: the command line to record in workdir/flags.txt.
+
+  Returns:
+    The test metrics (also in workdir/metrics.json).
+  """
+  from keras_cnn import pipeline
+
+  metrics_path = os.path.join(workdir, METRICS_FILE)
+  if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
+    logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
+    with open(metrics_path) as f:
+      return json.load(f)
+  os.makedirs(workdir, exist_ok=True)
+  _atomic_write_text(os.path.join(workdir, "flags.txt"),
+                     flags_text if flags_text is not None else json.dumps(
+                         dataclasses.asdict(config), indent=2, default=str))
+  keras.utils.set_random_seed(config.seed)
+  if config.precision != "float32":
+    keras.config.set_dtype_policy(config.precision)
+
+  radius = config.model.radius
+  data = config.data
+  splits = inputs_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
+                                  tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
+                                  mean_xhii=data.mean_xhii, data_seed=data.data_seed)
+  for split, split_data in splits.items():
+    logging.info("%s: %s", split, split_data.describe())
+  igm_stats, src_stats = inputs_lib.normalization_stats(splits["train"],
+                                                        config.model.source_transform)
+
+  history = read_history(workdir)
+  start_epoch = len(history)
+  if start_epoch:
+    logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
+  train_ds = pipeline.make_dataset(
+      splits["train"].fields, radius, config.batch_size, training=True, seed=config.seed,
+      augment=config.augment, region=splits["train"].region,
+      stratify_bins=config.stratify_bins, start_batch=start_epoch * config.steps_per_epoch)
+  val_ds = pipeline.make_dataset(
+      splits["validation"].fields, radius, config.batch_size, training=False,
+      seed=config.seed + 1, region=splits["validation"].region,
+      num_examples=config.validation_examples)
+
+  with _distribution_scope(config.distribution):
+    model = model_lib.build_model(config.model, igm_stats, src_stats)
+    compile_model(model, config.learning_rate, resolve_jit_compile(config.jit_compile))
+  model.summary(print_fn=logging.info)
+  model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            validation_data=val_ds, callbacks=_callbacks(config, workdir, history), verbose=1)
+
+  best_path = os.path.join(workdir, BEST_FILE)
+  best = keras.saving.load_model(best_path, safe_mode=True)
+  metrics = evaluate_split(best, splits["test"], radius, config.batch_size,
+                           config.test_examples, seed=config.seed + 2)
+  arrays = metrics.pop("_arrays")
+  os.replace(best_path, os.path.join(workdir, MODEL_FILE))
+  _write_plots(workdir, arrays)
+  _atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+  return metrics
+
+
+def evaluate_split(model: keras.Model, split: inputs_lib.SplitData, radius: int,
+                   batch_size: int, num_examples: int, seed: int) -> dict:
+  """Metrics of `model` on a fixed set of crops of `split`."""
+  from keras_cnn import metrics as metrics_lib
+  from keras_cnn import pipeline
+
+  ds = pipeline.make_dataset(split.fields, radius, batch_size, training=False, seed=seed,
+                             region=split.region, num_examples=num_examples)
+  y_true = np.concatenate([np.asarray(y) for _, y in ds.as_numpy_iterator()]).ravel()
+  y_pred = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0)).ravel()
+  result = metrics_lib.regression_metrics(y_true, y_pred)
+  result["_arrays"] = (y_true, y_pred)
+  return result
+
+
+def _write_plots(workdir: str, arrays) -> None:
+  try:
+    from keras_cnn import plots
+  except ImportError as err:  # matplotlib is a dependency; a broken install only loses plots
+    logging.warning("No plots: %s", err)
+    return
+  y_true, y_pred = arrays
+  plots.plot_history(os.path.join(workdir, HISTORY_FILE), os.path.join(workdir, "history.png"))
+  plots.plot_pred_vs_true(y_true, y_pred, os.path.join(workdir, "pred_vs_true.png"))
