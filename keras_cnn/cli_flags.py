@@ -118,7 +118,6 @@ def define_model_input_flags() -> None:
   if not _once("model"):
     return
   flags.DEFINE_string("model", None, "Path of a trained .keras file.")
-  flags.mark_flag_as_required("model")
 
 
 def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
@@ -145,10 +144,11 @@ def _define_apply_flags() -> None:
     return
   from keras_cnn import inputs as inputs_lib
 
+  # Required, but checked in main (`require_flags`) rather than marked: a required
+  # mark travels with the flag into every FlagValues that tests build from FLAGS.
   flags.DEFINE_string("out", None,
-                      "evaluate: output folder (metrics.json, PNGs); "
+                      "Required. evaluate: output folder (metrics.json, PNGs); "
                       "predict: the .npy file of the x_HII map.")
-  flags.mark_flag_as_required("out")
   flags.DEFINE_enum("split", "test", list(inputs_lib.SPLITS),
                     "Split of --dataset to use (ignored with --data_dir).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
@@ -197,3 +197,12 @@ def define_evaluate_flags() -> None:
   _positive("num_examples")
   flags.register_validator("cell_size_mpc", lambda v: v > 0,
                            message="--cell_size_mpc must be > 0")
+
+
+def require_flags(*names: str, flag_values=FLAGS) -> None:
+  """Raises app.UsageError naming every flag of `names` that has no value."""
+  from absl import app
+
+  missing = [f"--{name}" for name in names if flag_values[name].value in (None, "")]
+  if missing:
+    raise app.UsageError(f"{', '.join(missing)} must be given")

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -144,13 +144,15 @@ def read_history(workdir: str) -> list:
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str,
-                       flags_text: Optional[str] = None) -> dict:
+                       flags_text: Optional[str] = None,
+                       extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
   """Trains, keeps the best model on validation, and scores the test split.
 
   Args:
     config: the run's settings.
     workdir: output folder; an existing one with a backup resumes.
     flags_text: the command line to record in workdir/flags.txt.
+    extra_callbacks: more Keras callbacks for `fit` (after the standard ones).
 
   Returns:
     The test metrics (also in workdir/metrics.json).
@@ -198,7 +200,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     compile_model(model, config.learning_rate, resolve_jit_compile(config.jit_compile))
   model.summary(print_fn=logging.info)
   model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-            validation_data=val_ds, callbacks=_callbacks(config, workdir, history), verbose=1)
+            validation_data=val_ds, callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
+            verbose=1, shuffle=False)
 
   best_path = os.path.join(workdir, BEST_FILE)
   best = keras.saving.load_model(best_path, safe_mode=True)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from absl import flags
+from absl.testing import flagsaver
 
 from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
@@ -17,13 +18,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = sorted(f for f in os.listdir(os.path.join(REPO, "flags")) if f.endswith(".flags"))
 
 
-def _parse(*args):
-  values = flags.FlagValues()
-  for name, flag in flags.FLAGS._flags().items():
-    if name == flag.name and flag.name not in values:
-      values[name] = flag  # same definitions and validators, fresh values
-  values(["prog", *args])
-  return values
+@pytest.fixture
+def parse():
+  """Parses args into the global FLAGS; the values are restored after the test."""
+  with flagsaver.flagsaver():
+    def _parse(*args):
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(["prog", *args])
+      return flags.FLAGS
+    yield _parse
+    flags.FLAGS.unparse_flags()
 
 
 def test_every_model_field_is_a_flag():
@@ -32,15 +36,15 @@ def test_every_model_field_is_a_flag():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_parse_and_build(preset):
-  values = _parse(f"--flagfile={os.path.join(REPO, 'flags', preset)}")
+def test_presets_parse_and_build(parse, preset):
+  values = parse(f"--flagfile={os.path.join(REPO, 'flags', preset)}")
   config = cli_flags.model_config_from_flags(values)
   model_lib.validate_config(config)
   assert train.config_from_flags(values).model == config
 
 
-def test_week2_preset_is_the_original():
-  values = _parse(f"--flagfile={os.path.join(REPO, 'flags', 'week2.flags')}")
+def test_week2_preset_is_the_original(parse):
+  values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'week2.flags')}")
   config = cli_flags.model_config_from_flags(values)
   assert (config.radius, config.kernel_size, config.filters) == (24, 5, 128)
   assert (config.dropout_input, config.dropout_hidden) == (0.8, 0.5)
@@ -54,10 +58,10 @@ def test_week2_preset_is_the_original():
     ("--dense_units=8,8", "--dense_units needs 5 positive integers"),
     ("--learning_rate=0", "--learning_rate must be > 0"),
 ])
-def test_bad_flag_values_are_rejected(arg, message):
+def test_bad_flag_values_are_rejected(parse, arg, message):
   with pytest.raises(flags.IllegalFlagValueError, match=message.replace("[", r"\[").replace(
       "(", r"\(").replace(")", r"\)")):
-    _parse(arg)
+    parse(arg)
 
 
 def test_help_lists_every_flag():

@@ -1,0 +1,193 @@
+"""PNG figures of a training run and of an evaluation.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never
+through pyplot, so importing this module selects no backend and opens no window.
+Every function writes its PNG atomically (a temporary file in the same folder,
+then `os.replace`): a reader never sees a half-written image.
+"""
+
+import csv
+import os
+import tempfile
+from typing import Dict, Optional
+
+import numpy as np
+from matplotlib import colors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+XHII_LABEL = r"$x_\mathrm{HII}$"
+DEFAULT_CELL_SIZE_MPC = 2.381  # cMpc: the original C2-Ray boxes and the simulator
+
+
+def _new_figure(width: float, height: float) -> Figure:
+  figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+  FigureCanvasAgg(figure)
+  return figure
+
+
+def save_figure(figure: Figure, out_png: str) -> str:
+  """Writes `figure` to `out_png` through a temporary file; returns the path."""
+  folder = os.path.dirname(os.path.abspath(out_png))
+  os.makedirs(folder, exist_ok=True)
+  handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".plot_", suffix=".png.tmp")
+  try:
+    with os.fdopen(handle, "wb") as stream:
+      figure.savefig(stream, format="png")
+    os.replace(tmp_path, out_png)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+  return out_png
+
+
+def read_history(history_csv: str) -> Dict[str, np.ndarray]:
+  """Columns of a Keras CSVLogger file as float arrays (empty cells become NaN)."""
+  with open(history_csv, newline="") as stream:
+    rows = list(csv.DictReader(stream))
+  if not rows:
+    raise ValueError(f"{history_csv}: no epochs recorded")
+  columns = {}
+  for name in rows[0]:
+    values = []
+    for row in rows:
+      try:
+        values.append(float(row[name]))
+      except (TypeError, ValueError):
+        values.append(np.nan)
+    columns[name] = np.asarray(values)
+  return columns
+
+
+def plot_history(history_csv: str, out_png: str) -> str:
+  """Loss (MSE) and R^2 per epoch, training and validation, from history.csv."""
+  history = read_history(history_csv)
+  epochs = (history["epoch"] + 1 if "epoch" in history
+            else np.arange(1, len(next(iter(history.values()))) + 1))
+  figure = _new_figure(10, 4)
+  panels = figure.subplots(1, 2)
+  for axes, key, label in ((panels[0], "loss", "MSE loss"),
+                           (panels[1], "r2", r"$R^2$")):
+    for prefix, name, style in (("", "training", "-o"), ("val_", "validation", "-s")):
+      column = history.get(prefix + key)
+      if column is not None and np.isfinite(column).any():
+        axes.plot(epochs, column, style, markersize=3, label=name)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(label)
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+      axes.legend()
+  positive = [c for k in ("loss", "val_loss") if (c := history.get(k)) is not None]
+  if positive and all(np.nanmin(c) > 0 for c in positive if np.isfinite(c).any()):
+    panels[0].set_yscale("log")
+  panels[0].set_title("loss")
+  panels[1].set_title(r"coefficient of determination $R^2$")
+  return save_figure(figure, out_png)
+
+
+def plot_pred_vs_true(y_true, y_pred, out_png: str, bins: int = 60,
+                      r2: Optional[float] = None) -> str:
+  """2-D histogram of predicted vs true x_HII with the 1:1 line; R^2 in the title."""
+  y_true = np.asarray(y_true, dtype=np.float64).ravel()
+  y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+  if r2 is None:
+    from keras_cnn import metrics as metrics_lib
+    r2 = metrics_lib.regression_metrics(y_true, y_pred)["r2"]
+  figure = _new_figure(5.5, 4.6)
+  axes = figure.subplots()
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  counts, _, _ = np.histogram2d(y_true, np.clip(y_pred, 0.0, 1.0), bins=[edges, edges])
+  image = axes.pcolormesh(edges, edges, np.ma.masked_equal(counts.T, 0), cmap="viridis",
+                          norm=colors.LogNorm(vmin=1, vmax=max(1.0, counts.max())))
+  figure.colorbar(image, ax=axes, label="voxels per bin")
+  axes.plot([0, 1], [0, 1], "r--", linewidth=1, label="1:1")
+  axes.set_xlim(0, 1)
+  axes.set_ylim(0, 1)
+  axes.set_aspect("equal")
+  axes.set_xlabel(f"true {XHII_LABEL}")
+  axes.set_ylabel(f"predicted {XHII_LABEL}")
+  axes.legend(loc="upper left")
+  axes.set_title(f"$R^2$ = {r2:.4f}  ({y_true.size:,} voxels)")
+  return save_figure(figure, out_png)
+
+
+def plot_slices(true_map, pred_map, out_png: str,
+                cell_size_mpc: float = DEFAULT_CELL_SIZE_MPC, axis: int = 0,
+                index: Optional[int] = None) -> str:
+  """True, predicted and residual (predicted - true) x_HII on one slice of the box.
+
+  Args:
+    true_map: true x_HII (Nx, Ny, Nz).
+    pred_map: predicted x_HII, same shape.
+    out_png: where to write.
+    cell_size_mpc: comoving cell side, for the cMpc axes.
+    axis: the axis the slice is perpendicular to.
+    index: slice position along `axis`; None is the middle of the box.
+  """
+  true_map = np.asarray(true_map, dtype=np.float32)
+  pred_map = np.asarray(pred_map, dtype=np.float32)
+  if true_map.ndim != 3 or true_map.shape != pred_map.shape:
+    raise ValueError(f"maps must be 3-D of one shape, got {true_map.shape} and "
+                     f"{pred_map.shape}")
+  index = true_map.shape[axis] // 2 if index is None else int(index)
+  true_slice = np.take(true_map, index, axis=axis)
+  pred_slice = np.take(pred_map, index, axis=axis)
+  residual = pred_slice - true_slice
+  names = [n for a, n in enumerate("xyz") if a != axis]
+  extent = [0.0, true_slice.shape[0] * cell_size_mpc, 0.0, true_slice.shape[1] * cell_size_mpc]
+  limit = max(float(np.abs(residual).max()), 1e-6)
+  figure = _new_figure(14, 4.4)
+  panels = figure.subplots(1, 3)
+  for axes, image, title, cmap, vmin, vmax, label in (
+      (panels[0], true_slice, f"true {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
+      (panels[1], pred_slice, f"predicted {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
+      (panels[2], residual, "residual (predicted - true)", "RdBu_r", -limit, limit,
+       rf"$\Delta${XHII_LABEL}")):
+    shown = axes.imshow(image.T, origin="lower", extent=extent, cmap=cmap, vmin=vmin,
+                        vmax=vmax, interpolation="nearest")
+    figure.colorbar(shown, ax=axes, label=label, shrink=0.85)
+    axes.set_xlabel(f"{names[0]} [cMpc]")
+    axes.set_ylabel(f"{names[1]} [cMpc]")
+    axes.set_title(title)
+  figure.suptitle(f"slice {'xyz'[axis]} = {index * cell_size_mpc:.1f} cMpc (cell {index})")
+  return save_figure(figure, out_png)
+
+
+def plot_power_spectra(spectrum: Dict[str, object], out_png: str,
+                       title: Optional[str] = None) -> str:
+  """Dimensionless power Delta^2(k) of true and predicted x_HII, and r(k).
+
+  Args:
+    spectrum: the dict of `keras_cnn.metrics.power_spectrum_comparison`.
+    out_png: where to write.
+    title: optional figure title.
+  """
+  k = np.asarray(spectrum["k"], np.float64)
+  to_delta2 = k ** 3 / (2.0 * np.pi ** 2)
+  figure = _new_figure(10, 4)
+  panels = figure.subplots(1, 2)
+  for key, label, style in (("pk_true", "true", "-o"), ("pk_pred", "predicted", "--s")):
+    values = np.asarray(spectrum[key], np.float64) * to_delta2
+    shown = values > 0
+    if shown.any():
+      panels[0].plot(k[shown], values[shown], style, markersize=3, label=label)
+  panels[0].set_xscale("log")
+  if panels[0].get_legend_handles_labels()[0]:
+    panels[0].set_yscale("log")
+    panels[0].legend()
+  panels[0].set_xlabel(r"$k$ [cMpc$^{-1}$]")
+  panels[0].set_ylabel(r"$\Delta^2_{xx}(k) = k^3 P(k) / 2\pi^2$")
+  panels[0].set_title(f"power spectrum of {XHII_LABEL}")
+  panels[1].plot(k, np.asarray(spectrum["r_k"], np.float64), "-o", markersize=3)
+  panels[1].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+  panels[1].set_xscale("log")
+  panels[1].set_ylim(min(0.0, float(np.nanmin(spectrum["r_k"], initial=0.0))) - 0.05, 1.05)
+  panels[1].set_xlabel(r"$k$ [cMpc$^{-1}$]")
+  panels[1].set_ylabel(r"$r(k) = P_\times / \sqrt{P_\mathrm{true} P_\mathrm{pred}}$")
+  panels[1].set_title("cross-correlation coefficient")
+  for axes in panels:
+    axes.grid(alpha=0.3, which="both")
+  if title:
+    figure.suptitle(title)
+  return save_figure(figure, out_png)

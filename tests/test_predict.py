@@ -1,0 +1,189 @@
+"""predict: each voxel is the model on its periodic crop; shards rebuild the map exactly."""
+
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+import keras
+import numpy as np
+import pytest
+
+from keras_cnn import predict
+from keras_cnn.data import snapshot as snapshot_lib
+from keras_cnn.model import ModelConfig, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ModelConfig(radius=2, kernel_size=3, filters=2, kernel_pooling=1)
+SHAPE = (10, 9, 8)  # non-cubic: every axis wraps with its own period
+REDSHIFT = 8.397
+BATCH = 32  # not a divisor of a plane (72 voxels): padded batches are exercised
+
+
+def tiny_snapshot(shape=SHAPE, seed=0) -> snapshot_lib.Snapshot:
+  rng = np.random.default_rng(seed)
+  rho = rng.lognormal(0.0, 0.5, shape).astype(np.float32)
+  n_src = rng.poisson(0.5, shape).astype(np.float32)
+  x_hii = rng.random(shape, dtype=np.float32)
+  return snapshot_lib.Snapshot(rho=rho, n_src=n_src, x_hii=x_hii, redshift=REDSHIFT,
+                               name="tiny")
+
+
+def tiny_model(seed=0) -> keras.Model:
+  """A random tiny model whose output spans a good part of (0, 1) on `tiny_snapshot`.
+
+  Untrained, its sigmoid may sit almost constant (or saturate, depending on the
+  backend's initializer stream); the last layer is rescaled so the logits of the
+  test box have mean 0 and std 2, and a wrong crop cannot pass by accident.
+  """
+  keras.utils.set_random_seed(seed)
+  model = build_model(TINY, n_igm_stats=(0.0, 0.3), n_src_stats=(0.3, 0.2))
+  box = tiny_snapshot()
+  features = keras.Model(model.inputs, model.get_layer("dense_6").output).predict_on_batch({
+      "n_igm": reference_crops(box.n_igm, TINY.radius),
+      "n_src": reference_crops(box.n_src, TINY.radius)})
+  last = model.get_layer("dense_7")
+  kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
+  logits = np.asarray(features, np.float64) @ kernel
+  scale = 2.0 / max(float(logits.std()), 1e-12)
+  last.kernel.assign((kernel * scale).astype(np.float32))
+  last.bias.assign(np.array([-float(logits.mean()) * scale], np.float32))
+  return model
+
+
+def reference_crops(field: np.ndarray, radius: int) -> np.ndarray:
+  """crop[x, y, z] = F[(x - r + i) % Nx, ...] with np.take(mode="wrap"), C order."""
+  crops = []
+  offsets = np.arange(-radius, radius + 1)
+  for x, y, z in np.ndindex(field.shape):
+    crop = np.take(field, x + offsets, axis=0, mode="wrap")
+    crop = np.take(crop, y + offsets, axis=1, mode="wrap")
+    crops.append(np.take(crop, z + offsets, axis=2, mode="wrap"))
+  return np.stack(crops)[..., None]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def box():
+  return tiny_snapshot()
+
+
+@pytest.fixture(scope="module")
+def full_map(model, box):
+  return predict.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH, progress=False)
+
+
+@pytest.mark.backend
+def test_every_voxel_is_the_model_on_its_periodic_crop(model, box, full_map):
+  assert full_map.shape == SHAPE and full_map.dtype == np.float32
+  expected = model.predict_on_batch({
+      "n_igm": reference_crops(box.n_igm, TINY.radius),
+      "n_src": reference_crops(box.n_src, TINY.radius)})
+  expected = np.asarray(expected).reshape(SHAPE)
+  assert np.ptp(expected) > 0.5  # the comparison below can tell voxels apart
+  np.testing.assert_allclose(full_map, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("num_shards", [3, 10])
+def test_slabs_concatenate_to_exactly_the_whole_map(model, box, full_map, num_shards):
+  slabs = []
+  for index in range(num_shards):
+    start, stop = predict.shard_bounds(SHAPE[0], num_shards, index)
+    slabs.append(predict.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
+                                        x_start=start, x_stop=stop, progress=False))
+  np.testing.assert_array_equal(np.concatenate(slabs, axis=0), full_map)
+
+
+@pytest.mark.parametrize("nx,num_shards,expected", [
+    (10, 1, [(0, 10)]),
+    (10, 2, [(0, 5), (5, 10)]),
+    (10, 3, [(0, 4), (4, 7), (7, 10)]),
+    (7, 7, [(i, i + 1) for i in range(7)]),
+    (300, 8, [(0, 38), (38, 76), (76, 114), (114, 152), (152, 189), (189, 226), (226, 263),
+              (263, 300)]),
+])
+def test_shard_bounds_tile_the_box(nx, num_shards, expected):
+  bounds = [predict.shard_bounds(nx, num_shards, i) for i in range(num_shards)]
+  assert bounds == expected
+  split = np.array_split(np.arange(nx), num_shards)
+  assert bounds == [(int(part[0]), int(part[-1]) + 1) for part in split]
+
+
+@pytest.mark.parametrize("nx,num_shards,index,message", [
+    (10, 2, 2, "--shard_index=2 is out of range for --num_shards=2: it must be in [0, 1]"),
+    (10, 2, -1, "--shard_index=-1 is out of range for --num_shards=2"),
+    (10, 0, 0, "--num_shards=0 must be in [1, Nx = 10]"),
+    (10, 11, 0, "--num_shards=11 must be in [1, Nx = 10]"),
+])
+def test_bad_shards_fail_with_a_clear_message(nx, num_shards, index, message):
+  with pytest.raises(ValueError) as error:
+    predict.shard_bounds(nx, num_shards, index)
+  assert message in str(error.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num_shards=2", "--shard_index=2"], r"--shard_index must be in \[0, --num_shards\)"),
+    (["--num_shards=2", "--shard_index=-1"], r"--shard_index must be in \[0, --num_shards\)"),
+    (["--num_shards=0"], "--num_shards must be >= 1"),
+])
+def test_bad_shard_flags_are_rejected_at_parse_time(args, message):
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+      flags.FLAGS(["predict", "--model=m.keras", "--out=x.npy", *args])
+
+
+def test_predict_volume_checks_its_arguments(model, box):
+  with pytest.raises(ValueError, match=r"x-slab \[5, 11\)"):
+    predict.predict_volume(model, box.n_igm, box.n_src, x_start=5, x_stop=11, progress=False)
+  with pytest.raises(ValueError, match="one shape"):
+    predict.predict_volume(model, box.n_igm, box.n_src[:5], progress=False)
+  assert predict.model_radius(model) == TINY.radius
+
+
+@pytest.mark.backend
+def test_shards_from_separate_processes_match_one_process(tmp_path, box):
+  """Two `python -m keras_cnn.predict` shards, run concurrently, rebuild the map."""
+  model_path = str(tmp_path / "tiny.keras")
+  tiny_model().save(model_path)
+  data_dir = str(tmp_path / "box")
+  snapshot_lib.save_snapshot(
+      snapshot_lib.Snapshot(rho=box.rho, n_src=box.n_src, x_hii=None, redshift=REDSHIFT),
+      data_dir)  # no target file: predict must not need one
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
+  procs = []
+  for index in range(2):
+    out = str(tmp_path / "maps" / f"xhii_shard{index}.npy")
+    procs.append((out, subprocess.Popen(
+        [sys.executable, "-m", "keras_cnn.predict", f"--model={model_path}",
+         f"--data_dir={data_dir}", f"--redshift={REDSHIFT}", f"--batch_size={BATCH}",
+         "--num_shards=2", f"--shard_index={index}", f"--out={out}", "--noprogress"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+  shards = []
+  for index, (out, proc) in enumerate(procs):
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.strip().endswith(out), stdout
+    assert f"shard {index} of 2" in stdout and "(5, 9, 8)" in stdout
+    shards.append(np.load(out))
+  assert [s.dtype for s in shards] == [np.float32, np.float32]
+  assert sorted(os.listdir(tmp_path / "maps")) == ["xhii_shard0.npy", "xhii_shard1.npy"]
+  loaded = predict.load_model(model_path)
+  whole = predict.predict_volume(loaded, snapshot_lib.overdensity(box.rho), box.n_src,
+                                 batch_size=BATCH, progress=False)
+  np.testing.assert_array_equal(np.concatenate(shards, axis=0), whole)
+
+
+def test_missing_output_is_a_usage_error():
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["predict", "--model=m.keras"])
+    with pytest.raises(app.UsageError, match="--out must be given"):
+      predict.main(["predict"])

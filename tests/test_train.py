@@ -1,0 +1,105 @@
+"""End to end on a tiny synthetic box: artifacts, metrics, resume after a crash."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_cnn import training
+from keras_cnn.model import ModelConfig
+
+TINY = training.TrainConfig(
+    model=ModelConfig(radius=2, kernel_size=3, filters=2, kernel_pooling=1,
+                      dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4)),
+    data=training.DataConfig(n_cells=16),
+    batch_size=8, epochs=3, steps_per_epoch=3, validation_examples=32, test_examples=64,
+    patience=0)
+
+ARTIFACTS = ("model.keras", "metrics.json", "history.csv", "flags.txt", "history.png",
+             "pred_vs_true.png")
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+  """Stands in for a kill: the process dies when `epoch` begins."""
+
+  def __init__(self, epoch):
+    super().__init__()
+    self.epoch = epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.epoch:
+      raise KeyboardInterrupt(f"killed at epoch {epoch}")
+
+
+def _history(workdir):
+  with open(os.path.join(workdir, "history.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.backend
+def test_train_writes_every_artifact(tmp_path):
+  workdir = str(tmp_path / "run")
+  metrics = training.train_and_evaluate(TINY, workdir)
+  for name in ARTIFACTS:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert os.path.isdir(os.path.join(workdir, "logs"))
+  assert not os.path.exists(os.path.join(workdir, "backup"))  # finished runs clean up
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == metrics
+  assert set(metrics) >= {"r2", "mse", "mean_xhii_true", "mean_xhii_pred"}
+  assert metrics["num_voxels"] == 64
+  assert 0.0 <= metrics["mean_xhii_pred"] <= 1.0
+  rows = _history(workdir)
+  assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+  assert {"loss", "val_loss", "r2", "val_r2"} <= set(rows[0])
+  model = keras.saving.load_model(os.path.join(workdir, "model.keras"), safe_mode=True)
+  assert model.get_layer("n_igm").batch_shape == (None, 5, 5, 5, 1)
+
+
+def test_killed_run_resumes_at_the_next_epoch(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(TINY, workdir, extra_callbacks=[CrashAtEpoch(1)])
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0]
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+  started = []
+
+  class Record(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+      started.append(epoch)
+
+  training.train_and_evaluate(TINY, workdir, extra_callbacks=[Record()])
+  assert started == [1, 2]  # epoch 0 is not trained again
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1, 2]
+  assert os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def test_finished_workdir_is_not_trained_again(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = training.train_and_evaluate(TINY, workdir)
+  mtime = os.path.getmtime(os.path.join(workdir, "model.keras"))
+  assert training.train_and_evaluate(TINY, workdir) == first
+  assert os.path.getmtime(os.path.join(workdir, "model.keras")) == mtime
+
+
+def test_main_prints_the_test_metrics(tmp_path, capsys):
+  from absl import flags
+  from keras_cnn import train
+  flags.FLAGS(["train", f"--workdir={tmp_path}", "--n_cells=16", "--radius=2",
+               "--kernel_size=3", "--filters=2", "--kernel_pooling=1", "--epochs=1",
+               "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
+               "--test_examples=16"])
+  try:
+    train.main(["train"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(line)["num_voxels"] == 16
+  assert "--radius=2" in open(tmp_path / "flags.txt").read()
+  np.testing.assert_allclose(json.loads(line)["r2"],
+                             json.load(open(tmp_path / "metrics.json"))["r2"])
