@@ -30,15 +30,15 @@ def define_model_flags() -> None:
   """Network sizes (`keras_cnn.model.ModelConfig`)."""
   if not _once("radius"):
     return
-  flags.DEFINE_integer("radius", 12, "Crop radius r in cells; crops are (2r+1)^3 "
+  flags.DEFINE_integer("radius", 16, "Crop radius r in cells; crops are (2r+1)^3 "
                        "(0: the centre voxel only, with --kernel_pooling=1).")
   flags.DEFINE_integer("kernel_size", 3, "Conv3D kernel side (odd).")
   flags.DEFINE_integer("filters", 16, "Conv3D filters in every block of both branches.")
-  flags.DEFINE_integer("stride_conv", 1, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
-  flags.DEFINE_integer("kernel_pooling", 2,
+  flags.DEFINE_integer("stride_conv", 2, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
+  flags.DEFINE_integer("kernel_pooling", 1,
                        "AveragePooling3D size and stride (1 disables pooling).")
-  flags.DEFINE_float("dropout_input", 0.8, "Dropout rate of `dropout` after `flatten`.")
-  flags.DEFINE_float("dropout_hidden", 0.5, "Dropout rate of `dropout_1` .. `dropout_5`.")
+  flags.DEFINE_float("dropout_input", 0.2, "Dropout rate of `dropout` after `flatten`.")
+  flags.DEFINE_float("dropout_hidden", 0.1, "Dropout rate of `dropout_1` .. `dropout_5`.")
   flags.DEFINE_list("dense_units", ["256", "128", "64", "32", "16"],
                     "Widths of dense .. dense_4.")
   flags.DEFINE_list("tail_units", ["8", "4"], "Widths of dense_5, dense_6.")
@@ -88,7 +88,7 @@ def define_train_flags() -> None:
   if not _once("workdir"):
     return
   flags.DEFINE_string("workdir", "runs/default", "Output folder (model, metrics, logs, plots).")
-  flags.DEFINE_integer("epochs", 30, "Maximum number of epochs.")
+  flags.DEFINE_integer("epochs", 200, "Maximum number of epochs.")
   flags.DEFINE_integer("steps_per_epoch", 100, "Training batches per epoch.")
   flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
   flags.DEFINE_integer("seed", 0, "Seed of weights, crop centres and augmentation.")
@@ -98,8 +98,8 @@ def define_train_flags() -> None:
   flags.DEFINE_integer("validation_examples", 4096, "Fixed validation crops per epoch.")
   flags.DEFINE_integer("test_examples", 16384, "Fixed test crops for metrics.json.")
   flags.DEFINE_integer("patience", 6, "EarlyStopping patience in epochs (0: off).")
-  flags.DEFINE_float("time_budget_minutes", 0.0,
-                     "Stop training after this wall-clock time (0: no limit).")
+  flags.DEFINE_float("time_budget_minutes", 13.5,
+                     "Stop training after this wall-clock time in minutes (0: no limit).")
   flags.DEFINE_enum("distribution", "none", ["none", "data_parallel"],
                     "Train on every local device (see keras_cnn.distribute).")
   flags.DEFINE_enum("jit_compile", "auto", list(BACKEND_SETTINGS),

@@ -208,10 +208,24 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   metrics = evaluate_split(best, splits["test"], radius, config.batch_size,
                            config.test_examples, seed=config.seed + 2)
   arrays = metrics.pop("_arrays")
-  os.replace(best_path, os.path.join(workdir, MODEL_FILE))
+  save_for_sharing(best, os.path.join(workdir, MODEL_FILE))
+  os.remove(best_path)
   _write_plots(workdir, arrays)
   _atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
   return metrics
+
+
+def save_for_sharing(model: keras.Model, path: str) -> None:
+  """Saves the weights and architecture without optimizer state (a third of the size).
+
+  Resuming uses BackupAndRestore's own files, so the shared file needs no optimizer.
+  Written to a temporary file first: `path` is either complete or absent.
+  """
+  clean = keras.Model.from_config(model.get_config())
+  clean.set_weights(model.get_weights())
+  tmp = f"{path}.tmp.keras"
+  clean.save(tmp)
+  os.replace(tmp, path)
 
 
 def evaluate_split(model: keras.Model, split: inputs_lib.SplitData, radius: int,
