@@ -193,7 +193,9 @@ def build_model(config: ModelConfig = ModelConfig(),
   first_tail = len(config.dense_units)
   for j, units in enumerate(config.tail_units):
     x = keras.layers.Dense(units, name=f"dense_{first_tail + j}")(x)
+  # float32 output even under a mixed_bfloat16 policy: x_HII keeps its precision.
   x = keras.layers.Dense(
-      1, activation="sigmoid", name=f"dense_{first_tail + len(config.tail_units)}")(x)
-  x_hii = keras.layers.Identity(name="x_hii")(x)
+      1, activation="sigmoid", dtype="float32",
+      name=f"dense_{first_tail + len(config.tail_units)}")(x)
+  x_hii = keras.layers.Identity(dtype="float32", name="x_hii")(x)
   return keras.Model({"n_igm": n_igm, "n_src": n_src}, x_hii, name=name)

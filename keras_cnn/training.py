@@ -5,7 +5,6 @@ it reads no flags. A run killed at any point and started again with the same wor
 resumes from the last finished epoch (`keras.callbacks.BackupAndRestore`).
 """
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -58,7 +57,7 @@ class TrainConfig:
   time_budget_minutes: float = 0.0
   distribution: str = "none"
   jit_compile: str = "auto"
-  precision: str = "float32"
+  precision: str = "auto"
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -92,18 +91,16 @@ def resolve_jit_compile(setting: str):
     return True
   if setting == "off":
     return False
-  try:
-    from keras_cnn import distribute
-    return distribute.default_jit_compile()
-  except (ImportError, AttributeError):
-    return False
-
-
-def _distribution_scope(kind: str):
-  if kind == "none":
-    return contextlib.nullcontext()
   from keras_cnn import distribute
-  return distribute.distribution_scope(kind)
+  return distribute.default_jit_compile()
+
+
+def resolve_precision(setting: str) -> str:
+  """'auto': the fastest Keras dtype policy measured for this backend and CPU."""
+  if setting != "auto":
+    return setting
+  from keras_cnn import distribute
+  return distribute.default_precision()
 
 
 def compile_model(model: keras.Model, learning_rate: float, jit_compile) -> None:
@@ -157,7 +154,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   Returns:
     The test metrics (also in workdir/metrics.json).
   """
-  from keras_cnn import pipeline
+  from keras_cnn import distribute
 
   metrics_path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
@@ -168,9 +165,21 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   _atomic_write_text(os.path.join(workdir, "flags.txt"),
                      flags_text if flags_text is not None else json.dumps(
                          dataclasses.asdict(config), indent=2, default=str))
+  distribute.initialize(config.distribution)
   keras.utils.set_random_seed(config.seed)
-  if config.precision != "float32":
-    keras.config.set_dtype_policy(config.precision)
+  precision = resolve_precision(config.precision)
+  previous_policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(precision)
+  try:
+    return _train(config, workdir, precision, extra_callbacks)
+  finally:
+    keras.config.set_dtype_policy(previous_policy)
+
+
+def _train(config: TrainConfig, workdir: str, precision: str,
+           extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict:
+  from keras_cnn import distribute
+  from keras_cnn import pipeline
 
   radius = config.model.radius
   data = config.data
@@ -195,33 +204,47 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
       seed=config.seed + 1, region=splits["validation"].region,
       num_examples=config.validation_examples)
 
-  with _distribution_scope(config.distribution):
+  jit_compile = resolve_jit_compile(config.jit_compile)
+  with distribute.distribution_scope(config.distribution) as info:
+    distribute.check_global_batch(config.batch_size, info)
     model = model_lib.build_model(config.model, igm_stats, src_stats)
-    compile_model(model, config.learning_rate, resolve_jit_compile(config.jit_compile))
+    compile_model(model, config.learning_rate, jit_compile)
+  logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s.",
+               keras.backend.backend(), info.num_replicas, precision, jit_compile)
   model.summary(print_fn=logging.info)
-  model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-            validation_data=val_ds, callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
-            verbose=1, shuffle=False)
+  with distribute.synchronized_batch_norm(model, info):
+    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+              validation_data=val_ds,
+              callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
+              verbose=1, shuffle=False)
 
   best_path = os.path.join(workdir, BEST_FILE)
-  best = keras.saving.load_model(best_path, safe_mode=True)
-  metrics = evaluate_split(best, splits["test"], radius, config.batch_size,
+  model_path = os.path.join(workdir, MODEL_FILE)
+  save_for_sharing(keras.saving.load_model(best_path, safe_mode=True), model_path)
+  os.remove(best_path)
+  shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
+  metrics = evaluate_split(shared, splits["test"], radius, config.batch_size,
                            config.test_examples, seed=config.seed + 2)
   arrays = metrics.pop("_arrays")
-  save_for_sharing(best, os.path.join(workdir, MODEL_FILE))
-  os.remove(best_path)
   _write_plots(workdir, arrays)
-  _atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+  _atomic_write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
   return metrics
 
 
 def save_for_sharing(model: keras.Model, path: str) -> None:
-  """Saves the weights and architecture without optimizer state (a third of the size).
+  """Saves weights and architecture, float32, without optimizer state (a third of the size).
+
+  A model trained under mixed_bfloat16 keeps float32 variables; its shared file runs in
+  float32 so it loads under torch too (no bfloat16 average pooling on CPU there).
 
   Resuming uses BackupAndRestore's own files, so the shared file needs no optimizer.
   Written to a temporary file first: `path` is either complete or absent.
   """
-  clean = keras.Model.from_config(model.get_config())
+  config = model.get_config()
+  for layer in config["layers"]:  # float32 everywhere: loads and runs on every backend
+    if "dtype" in layer["config"]:
+      layer["config"]["dtype"] = "float32"
+  clean = keras.Model.from_config(config)
   clean.set_weights(model.get_weights())
   tmp = f"{path}.tmp.keras"
   clean.save(tmp)
