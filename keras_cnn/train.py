@@ -43,8 +43,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
-  metrics = training.train_and_evaluate(config, FLAGS.workdir,
-                                        flags_text=FLAGS.flags_into_string())
+  # flags.txt works as --flagfile to rerun the same training.
+  flags_text = "".join(f"{flag.serialize()}\n" for flag in FLAGS.get_flags_for_module(cli_flags)
+                       if flag.serialize())
+  metrics = training.train_and_evaluate(config, FLAGS.workdir, flags_text=flags_text)
   print(json.dumps(metrics))
 
 

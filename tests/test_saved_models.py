@@ -1,0 +1,59 @@
+"""The shipped model: loads safely, has its card, and paints a useful map out of the box."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cnn.model  # noqa: F401  (registers SourceTransform)
+from keras_cnn import metrics as metrics_lib
+from keras_cnn import predict
+from keras_cnn.data import simulate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "saved_models", "default_r16_synthetic64.keras")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  return keras.saving.load_model(SHIPPED, safe_mode=True)
+
+
+def test_shipped_model_is_small_and_has_a_card():
+  assert os.path.getsize(SHIPPED) < 8 * 2 ** 20
+  card = open(SHIPPED.replace(".keras", ".md")).read()
+  assert "python -m keras_cnn.train" in card and "R^2" in card
+
+
+def test_shipped_model_keeps_the_original_names(shipped):
+  names = {layer.name for layer in shipped.layers}
+  assert {"conv3d_6", "conv3d_17", "dense", "dense_7", "normalize_n_igm"} <= names
+  assert shipped.get_layer("n_igm").batch_shape == (None, 33, 33, 33, 1)
+  assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+
+
+@pytest.mark.backend
+def test_shipped_model_predicts_an_unseen_box(shipped):
+  """On a new realization (seed never used in training) it beats the local baseline."""
+  box = simulate.simulate_snapshot(40, seed=12345)
+  x_hii = predict.predict_volume(shipped, box.n_igm, box.n_src, batch_size=128,
+                                 x_start=0, x_stop=3, progress=False)
+  assert x_hii.shape == (3, 40, 40) and x_hii.dtype == np.float32
+  assert np.all((x_hii >= 0) & (x_hii <= 1))
+  score = metrics_lib.regression_metrics(box.x_hii[:3], x_hii)
+  assert score["r2"] > 0.5
+
+
+def test_predict_command_runs_on_the_shipped_model(tmp_path):
+  out = tmp_path / "slab.npy"
+  result = subprocess.run(
+      [sys.executable, "-m", "keras_cnn.predict", f"--model={SHIPPED}", "--dataset=synthetic",
+       "--n_cells=40", "--num_shards=40", "--shard_index=7", f"--out={out}", "--noprogress"],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert np.load(out).shape == (1, 40, 40)
+  assert "Wrote x_HII map of shape (1, 40, 40)" in result.stdout
