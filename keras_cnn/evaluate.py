@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 from absl import app
@@ -32,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from keras_cnn import cli_flags
+from keras_cnn import io_utils
 from keras_cnn import plots
 
 FLAGS = flags.FLAGS
@@ -41,19 +41,6 @@ flags.adopt_module_key_flags(cli_flags)
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 POWER_SPECTRUM_FILE = "power_spectrum.csv"
-
-
-def _write_text(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".evaluate_", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "w") as stream:
-      stream.write(text)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
 
 
 def _json_safe(value):
@@ -93,7 +80,7 @@ def _write_power_spectra(path: str, spectra: Sequence[Dict[str, object]]) -> Non
   for box, spectrum in enumerate(spectra):
     for row in zip(*(np.asarray(spectrum[c], np.float64) for c in columns)):
       writer.writerow([box] + [f"{v:.6g}" for v in row])
-  _write_text(path, stream.getvalue())
+  io_utils.write_text(path, stream.getvalue())
 
 
 def evaluate_model(model, snapshots: Sequence, out_dir: str,
@@ -179,7 +166,7 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     _write_power_spectra(os.path.join(out_dir, POWER_SPECTRUM_FILE), spectra)
   if history_csv:
     plots.plot_history(history_csv, os.path.join(out_dir, "history.png"))
-  _write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(result, indent=2) + "\n")
+  io_utils.write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(result, indent=2) + "\n")
   return result
 
 

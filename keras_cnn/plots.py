@@ -7,14 +7,14 @@ then `os.replace`): a reader never sees a half-written image.
 """
 
 import csv
-import os
-import tempfile
 from typing import Dict, Optional
 
 import numpy as np
 from matplotlib import colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from keras_cnn import io_utils
 
 XHII_LABEL = r"$x_\mathrm{HII}$"
 DEFAULT_CELL_SIZE_MPC = 2.381  # cMpc: the original C2-Ray boxes and the simulator
@@ -28,17 +28,8 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def save_figure(figure: Figure, out_png: str) -> str:
   """Writes `figure` to `out_png` through a temporary file; returns the path."""
-  folder = os.path.dirname(os.path.abspath(out_png))
-  os.makedirs(folder, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".plot_", suffix=".png.tmp")
-  try:
-    with os.fdopen(handle, "wb") as stream:
-      figure.savefig(stream, format="png")
-    os.replace(tmp_path, out_png)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  with io_utils.atomic_open(out_png, "wb") as stream:
+    figure.savefig(stream, format="png")
   return out_png
 
 

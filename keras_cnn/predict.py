@@ -37,7 +37,6 @@ has finished.
 
 import os
 import sys
-import tempfile
 from typing import Optional, Tuple
 
 from absl import app
@@ -46,6 +45,7 @@ from absl import logging
 import numpy as np
 
 from keras_cnn import cli_flags
+from keras_cnn import io_utils
 
 FLAGS = flags.FLAGS
 cli_flags.define_predict_flags()
@@ -189,19 +189,8 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
 
 def save_array(array: np.ndarray, path: str) -> str:
   """np.save to `path` via a temporary file in the same folder and os.replace."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".predict_", suffix=".npy.tmp")
-  try:
-    with os.fdopen(handle, "wb") as stream:
-      np.save(stream, array, allow_pickle=False)
-      stream.flush()
-      os.fsync(stream.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  with io_utils.atomic_open(path, "wb") as stream:
+    np.save(stream, array, allow_pickle=False)
   return path
 
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_cnn import inputs as inputs_lib
+from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 
 MODEL_FILE = "model.keras"
@@ -76,13 +77,6 @@ class TimeBudget(keras.callbacks.Callback):
       if not self.model.stop_training:
         logging.info("Time budget of %.1f min reached: last epoch.", self.seconds / 60)
       self.model.stop_training = True  # ends this epoch early; validation still runs
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def resolve_jit_compile(setting: str):
@@ -162,7 +156,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     with open(metrics_path) as f:
       return json.load(f)
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write_text(os.path.join(workdir, "flags.txt"),
+  io_utils.write_text(os.path.join(workdir, "flags.txt"),
                      flags_text if flags_text is not None else json.dumps(
                          dataclasses.asdict(config), indent=2, default=str))
   distribute.initialize(config.distribution)
@@ -227,7 +221,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
                            config.test_examples, seed=config.seed + 2)
   arrays = metrics.pop("_arrays")
   _write_plots(workdir, arrays)
-  _atomic_write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+  io_utils.write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
   return metrics
 
 
