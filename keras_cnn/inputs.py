@@ -64,13 +64,8 @@ def load_splits(data_dir: Optional[str], redshift: Optional[float], dataset: str
     from keras_cnn import pipeline  # tensorflow import only when needed
     box = snapshot_lib.load_snapshot(data_dir, redshift=redshift, radius=radius)
     regions = pipeline.split_regions(box.shape, radius)
-    shared = SplitData([box])
-    out = {}
-    for split in SPLITS:
-      data = SplitData([box], region=regions[split])
-      data.__dict__["fields"] = shared.fields  # one overdensity array for all splits
-      out[split] = data
-    return out
+    # One Snapshot for all three slabs: its overdensity is computed once.
+    return {split: SplitData([box], region=regions[split]) for split in SPLITS}
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
     splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
+from keras_cnn import distribute
 from keras_cnn import inputs as inputs_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
@@ -85,7 +86,6 @@ def resolve_jit_compile(setting: str):
     return True
   if setting == "off":
     return False
-  from keras_cnn import distribute
   return distribute.default_jit_compile()
 
 
@@ -93,7 +93,6 @@ def resolve_precision(setting: str) -> str:
   """'auto': the fastest Keras dtype policy measured for this backend and CPU."""
   if setting != "auto":
     return setting
-  from keras_cnn import distribute
   return distribute.default_precision()
 
 
@@ -148,7 +147,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   Returns:
     The test metrics (also in workdir/metrics.json).
   """
-  from keras_cnn import distribute
 
   metrics_path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
@@ -172,7 +170,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
 
 def _train(config: TrainConfig, workdir: str, precision: str,
            extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict:
-  from keras_cnn import distribute
   from keras_cnn import pipeline
 
   radius = config.model.radius

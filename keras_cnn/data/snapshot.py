@@ -11,6 +11,7 @@ problem.
 """
 
 import dataclasses
+import functools
 import os
 import re
 import tempfile
@@ -49,9 +50,9 @@ class Snapshot:
   def shape(self):
     return self.rho.shape
 
-  @property
+  @functools.cached_property
   def n_igm(self) -> np.ndarray:
-    """The model's left input: the IGM overdensity."""
+    """The model's left input: the IGM overdensity (computed once per snapshot)."""
     return overdensity(self.rho)
 
 
