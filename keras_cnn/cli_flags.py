@@ -7,6 +7,9 @@ Flag defaults are the CPU default preset (`flags/default.flags` repeats them wit
 comments); `flags/week2.flags` is the original GPU-sized network.
 """
 
+import math
+import os
+
 from absl import flags
 
 from keras_cnn import model as model_lib
@@ -45,6 +48,10 @@ def define_model_flags() -> None:
   flags.DEFINE_float("leaky_relu_slope", 0.01, "LeakyReLU negative slope (torch default).")
   flags.DEFINE_enum("source_transform", "log1p", list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
+  flags.DEFINE_enum("padding", "same", list(model_lib.PADDINGS),
+                    "Conv3D padding. 'valid' makes the network translation-equivariant: "
+                    "predict/evaluate then paint whole tiles per pass (the dense engine) "
+                    "and training can use patches (--train_unit=patch).")
   flags.register_validator("radius", lambda v: v >= 0, message="--radius must be >= 0")
   for name in ("kernel_size", "filters", "stride_conv", "kernel_pooling"):
     _positive(name)
@@ -135,6 +142,7 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       tail_units=tuple(int(u) for u in flag_values.tail_units),
       leaky_relu_slope=flag_values.leaky_relu_slope,
       source_transform=flag_values.source_transform,
+      padding=flag_values.padding,
   )
 
 
@@ -143,16 +151,24 @@ def _define_apply_flags() -> None:
   define_model_input_flags()
   if not _once("out"):
     return
-  from keras_cnn import inputs as inputs_lib
+  from keras_cnn.data import splits as splits_lib
 
   # Required, but checked in main (`require_flags`) rather than marked: a required
   # mark travels with the flag into every FlagValues that tests build from FLAGS.
   flags.DEFINE_string("out", None,
                       "Required. evaluate: output folder (metrics.json, PNGs); "
                       "predict: the .npy file of the x_HII map.")
-  flags.DEFINE_enum("split", "test", list(inputs_lib.SPLITS),
+  flags.DEFINE_enum("split", "test", list(splits_lib.SPLITS),
                     "Split of --dataset to use (ignored with --data_dir).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
+  flags.DEFINE_enum("engine", "auto", ["auto", "dense", "per_voxel"],
+                    "auto: the dense engine (a tile per pass) for models trained with "
+                    "--padding=valid, else one crop per voxel.")
+  flags.DEFINE_float("memory_budget_gb", 2.0,
+                     "Dense engine: memory bound of one tile's pass; sets the tile size.")
+  flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.")
+  flags.register_validator("memory_budget_gb", lambda v: math.isfinite(v) and v > 0,
+                           message="--memory_budget_gb must be a finite number > 0")
 
 
 def define_predict_flags() -> None:
@@ -207,3 +223,55 @@ def require_flags(*names: str, flag_values=FLAGS) -> None:
   missing = [f"--{name}" for name in names if flag_values[name].value in (None, "")]
   if missing:
     raise app.UsageError(f"{', '.join(missing)} must be given")
+
+
+def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
+  """Refuses an --out that would replace the user's files.
+
+  Never one of the command's inputs (the model, a file of --data_dir); otherwise an
+  existing file (or non-empty folder) only with --overwrite.
+  """
+  from absl import app
+
+  target = os.path.realpath(out)
+  inputs = [flag_values.model] if "model" in flag_values else []
+  data_dir = flag_values.data_dir if "data_dir" in flag_values else None
+  if data_dir and os.path.isdir(data_dir):
+    inputs += [os.path.join(data_dir, name) for name in os.listdir(data_dir)]
+    inputs.append(data_dir)
+  for path in inputs:
+    if path and os.path.realpath(path) == target:
+      raise app.UsageError(f"--out={out} is one of this command's inputs ({path}); "
+                           "choose another path")
+  if flag_values.overwrite:
+    return
+  if is_dir and os.path.isdir(out) and os.listdir(out):
+    raise app.UsageError(f"--out={out} is a folder that already holds files; pass "
+                         "--overwrite to replace ours in it, or choose a new folder")
+  if os.path.exists(out) and not (is_dir and os.path.isdir(out)):
+    raise app.UsageError(f"--out={out} already exists; pass --overwrite to replace it")
+
+
+def load_model_or_exit(path: str):
+  """The --model file, loaded safely; a missing or unreadable file is a usage error."""
+  from absl import app
+
+  from keras_cnn import inference
+
+  try:
+    return inference.load_model(path)
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from error
+  except (ValueError, OSError, TypeError, KeyError) as error:
+    raise app.UsageError(f"--model={path}: not a loadable keras_cnn model ({error})") from error
+
+
+def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
+  """The snapshots of the box the data flags name (evaluate and predict)."""
+  from keras_cnn.data import splits as splits_lib
+
+  return splits_lib.load_box(
+      flag_values.data_dir, flag_values.redshift, flag_values.dataset,
+      split=flag_values.split, tfds_data_dir=flag_values.tfds_data_dir,
+      n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
+      data_seed=flag_values.data_seed, radius=radius, require_target=require_target)

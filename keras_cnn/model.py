@@ -19,6 +19,7 @@ from keras import ops
 LEFT_BLOCKS = (6, 7, 8)
 RIGHT_BLOCKS = (15, 16, 17)
 SOURCE_TRANSFORMS = ("none", "log1p")
+PADDINGS = ("same", "valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ModelConfig:
   tail_units: Sequence[int] = (8, 4)
   leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the slides
   source_transform: str = "log1p"
+  # "same" is the original; "valid" makes the network translation-equivariant, so its
+  # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
+  padding: str = "same"
 
   @property
   def crop_size(self) -> int:
@@ -87,14 +91,35 @@ def apply_source_transform(values, kind: str):
 
 
 def feature_map_sizes(config: ModelConfig) -> list:
-  """Spatial side after each of the three conv+pool blocks (Keras 'same'/'valid')."""
+  """Spatial side after each of the three conv+pool blocks."""
   side = config.crop_size
   sizes = []
   for _ in LEFT_BLOCKS:
-    side = -(-side // config.stride_conv)  # 'same' conv: ceil(n / stride)
+    if config.padding == "same":
+      side = -(-side // config.stride_conv)  # ceil(n / stride)
+    else:
+      side = (side - config.kernel_size) // config.stride_conv + 1 if side >= config.kernel_size else 0
     side = side // config.kernel_pooling  # pool stride = pool size
     sizes.append(side)
   return sizes
+
+
+def receptive_offset(config: ModelConfig) -> float:
+  """How far (cells, per axis) the centre of the input a 'valid' model uses lies from
+  the crop centre.
+
+  A 'valid' convolution or a pooling that floors away a row leaves the far end of the
+  crop unused, so the receptive field shifts towards the low corner and the 48 cube
+  symmetries stop being exact symmetries of the model. 0 for 'same' models and for
+  centred sizes (e.g. r=15, k=3, stride 2: 31 -> 15 -> 7 -> 3).
+  """
+  if config.padding == "same":
+    return 0.0
+  used = feature_map_sizes(config)[-1]
+  for _ in LEFT_BLOCKS:
+    used *= config.kernel_pooling
+    used = (used - 1) * config.stride_conv + config.kernel_size
+  return (config.crop_size - used) / 2.0
 
 
 def validate_config(config: ModelConfig) -> None:
@@ -118,6 +143,8 @@ def validate_config(config: ModelConfig) -> None:
   if len(config.tail_units) != 2 or any(u < 1 for u in config.tail_units):
     raise ValueError(
         f"--tail_units needs 2 positive widths (dense_5, dense_6), got {list(config.tail_units)}")
+  if config.padding not in PADDINGS:
+    raise ValueError(f"--padding must be one of {PADDINGS}, got {config.padding!r}")
   if config.source_transform not in SOURCE_TRANSFORMS:
     raise ValueError(
         f"--source_transform must be one of {SOURCE_TRANSFORMS}, got {config.source_transform!r}")
@@ -125,9 +152,10 @@ def validate_config(config: ModelConfig) -> None:
   if sizes[-1] < 1:
     raise ValueError(
         f"crop of side {config.crop_size} (--radius={config.radius}) shrinks to nothing after "
-        f"three blocks of --stride_conv={config.stride_conv} and "
-        f"--kernel_pooling={config.kernel_pooling} (sides {sizes}): increase --radius or "
-        "decrease --stride_conv / --kernel_pooling")
+        f"three blocks of --kernel_size={config.kernel_size}, "
+        f"--stride_conv={config.stride_conv}, --kernel_pooling={config.kernel_pooling} and "
+        f"--padding={config.padding} (sides {sizes}): increase --radius or decrease "
+        "--kernel_size / --stride_conv / --kernel_pooling")
 
 
 def flattened_width(config: ModelConfig) -> int:
@@ -139,7 +167,7 @@ def _branch(x, block_ids, config: ModelConfig):
   for i in block_ids:
     x = keras.layers.Conv3D(
         config.filters, config.kernel_size, strides=config.stride_conv,
-        padding="same", name=f"conv3d_{i}")(x)
+        padding=config.padding, name=f"conv3d_{i}")(x)
     x = keras.layers.BatchNormalization(name=f"batch_normalization_{i}")(x)
     x = keras.layers.LeakyReLU(
         negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)

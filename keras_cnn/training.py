@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from keras_cnn import distribute
-from keras_cnn import inputs as inputs_lib
+from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 
@@ -29,11 +29,11 @@ HISTORY_FILE = "history.csv"
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the snapshots come from (see `keras_cnn.inputs`)."""
+  """Where the snapshots come from (see `keras_cnn.data.splits`)."""
 
   data_dir: Optional[str] = None
   redshift: Optional[float] = None
-  dataset: str = inputs_lib.SYNTHETIC
+  dataset: str = splits_lib.SYNTHETIC
   tfds_data_dir: Optional[str] = None
   n_cells: int = 64
   mean_xhii: float = 0.5
@@ -174,12 +174,12 @@ def _train(config: TrainConfig, workdir: str, precision: str,
 
   radius = config.model.radius
   data = config.data
-  splits = inputs_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
+  splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
                                   tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
                                   mean_xhii=data.mean_xhii, data_seed=data.data_seed)
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
-  igm_stats, src_stats = inputs_lib.normalization_stats(splits["train"],
+  igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
 
   history = read_history(workdir)
@@ -242,7 +242,7 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
   os.replace(tmp, path)
 
 
-def evaluate_split(model: keras.Model, split: inputs_lib.SplitData, radius: int,
+def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
                    batch_size: int, num_examples: int, seed: int) -> dict:
   """Metrics of `model` on a fixed set of crops of `split`."""
   from keras_cnn import metrics as metrics_lib

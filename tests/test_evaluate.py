@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from keras_cnn import evaluate
+from keras_cnn import inference
 from keras_cnn import metrics
 from keras_cnn import plots
-from keras_cnn import predict
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
 
@@ -21,7 +21,7 @@ SHAPE = (10, 9, 8)
 REDSHIFT = 8.397
 BATCH = 32
 METRIC_KEYS = {"r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels", "num_boxes",
-               "full_volume", "r_k_mean", "pk_ratio_mean", "power_spectrum_method"}
+               "full_volume", "r_k_mean", "pk_ratio_mean", "power_spectrum_method", "engine"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -162,10 +162,10 @@ def test_every_plot_writes_a_png_atomically(tmp_path):
 @pytest.mark.backend
 def test_evaluate_model_scores_the_whole_map(tmp_path, model):
   box = tiny_snapshot()
-  result = evaluate.evaluate_model(model, [box], str(tmp_path), batch_size=BATCH,
+  result = inference.evaluate_model(model, [box], str(tmp_path), batch_size=BATCH,
                                    power_spectrum="numpy", progress=False)
   assert set(result) == METRIC_KEYS
-  full_map = predict.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
+  full_map = inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
                                     progress=False)
   expected = metrics.regression_metrics(box.x_hii, full_map)
   for key in ("r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels"):
@@ -184,7 +184,7 @@ def test_evaluate_model_scores_the_whole_map(tmp_path, model):
 @pytest.mark.backend
 def test_evaluate_samples_voxels_of_large_boxes(tmp_path, model):
   boxes = [tiny_snapshot(0), tiny_snapshot(1)]
-  result = evaluate.evaluate_model(model, boxes, str(tmp_path), batch_size=BATCH,
+  result = inference.evaluate_model(model, boxes, str(tmp_path), batch_size=BATCH,
                                    max_full_voxels=100, num_examples=50, progress=False)
   assert result["num_voxels"] == 100 and result["num_boxes"] == 2
   assert result["full_volume"] is False and result["r_k_mean"] is None
@@ -195,7 +195,7 @@ def test_evaluate_needs_targets(tmp_path, model):
   box = tiny_snapshot()
   box.x_hii = None
   with pytest.raises(ValueError, match="tiny0: field 'x_hii' is missing"):
-    evaluate.evaluate_model(model, [box], str(tmp_path), progress=False)
+    inference.evaluate_model(model, [box], str(tmp_path), progress=False)
 
 
 @pytest.mark.backend

@@ -101,7 +101,7 @@ def test_output_shapes(radius, kernel, filters, stride, pool, width):
 
 FAILING_CASES = [
     (dict(radius=3, kernel_pooling=2), "shrinks to nothing"),
-    (dict(radius=24, stride_conv=4, kernel_pooling=2), "decrease --stride_conv / --kernel_pooling"),
+    (dict(radius=24, stride_conv=4, kernel_pooling=2), "--stride_conv / --kernel_pooling"),
     (dict(radius=-1), "--radius must be >= 0"),
     (dict(kernel_size=4), "--kernel_size must be odd"),
     (dict(filters=0), "--filters must be >= 1"),

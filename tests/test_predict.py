@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_cnn import inference
 from keras_cnn import predict
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
@@ -76,7 +77,7 @@ def box():
 
 @pytest.fixture(scope="module")
 def full_map(model, box):
-  return predict.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH, progress=False)
+  return inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH, progress=False)
 
 
 @pytest.mark.backend
@@ -95,8 +96,8 @@ def test_every_voxel_is_the_model_on_its_periodic_crop(model, box, full_map):
 def test_slabs_concatenate_to_exactly_the_whole_map(model, box, full_map, num_shards):
   slabs = []
   for index in range(num_shards):
-    start, stop = predict.shard_bounds(SHAPE[0], num_shards, index)
-    slabs.append(predict.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
+    start, stop = inference.shard_bounds(SHAPE[0], num_shards, index)
+    slabs.append(inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
                                         x_start=start, x_stop=stop, progress=False))
   np.testing.assert_array_equal(np.concatenate(slabs, axis=0), full_map)
 
@@ -110,7 +111,7 @@ def test_slabs_concatenate_to_exactly_the_whole_map(model, box, full_map, num_sh
               (263, 300)]),
 ])
 def test_shard_bounds_tile_the_box(nx, num_shards, expected):
-  bounds = [predict.shard_bounds(nx, num_shards, i) for i in range(num_shards)]
+  bounds = [inference.shard_bounds(nx, num_shards, i) for i in range(num_shards)]
   assert bounds == expected
   split = np.array_split(np.arange(nx), num_shards)
   assert bounds == [(int(part[0]), int(part[-1]) + 1) for part in split]
@@ -124,7 +125,7 @@ def test_shard_bounds_tile_the_box(nx, num_shards, expected):
 ])
 def test_bad_shards_fail_with_a_clear_message(nx, num_shards, index, message):
   with pytest.raises(ValueError) as error:
-    predict.shard_bounds(nx, num_shards, index)
+    inference.shard_bounds(nx, num_shards, index)
   assert message in str(error.value)
 
 
@@ -142,10 +143,10 @@ def test_bad_shard_flags_are_rejected_at_parse_time(args, message):
 
 def test_predict_volume_checks_its_arguments(model, box):
   with pytest.raises(ValueError, match=r"x-slab \[5, 11\)"):
-    predict.predict_volume(model, box.n_igm, box.n_src, x_start=5, x_stop=11, progress=False)
+    inference.predict_volume(model, box.n_igm, box.n_src, x_start=5, x_stop=11, progress=False)
   with pytest.raises(ValueError, match="one shape"):
-    predict.predict_volume(model, box.n_igm, box.n_src[:5], progress=False)
-  assert predict.model_radius(model) == TINY.radius
+    inference.predict_volume(model, box.n_igm, box.n_src[:5], progress=False)
+  assert inference.model_radius(model) == TINY.radius
 
 
 @pytest.mark.backend
@@ -175,8 +176,8 @@ def test_shards_from_separate_processes_match_one_process(tmp_path, box):
     shards.append(np.load(out))
   assert [s.dtype for s in shards] == [np.float32, np.float32]
   assert sorted(os.listdir(tmp_path / "maps")) == ["xhii_shard0.npy", "xhii_shard1.npy"]
-  loaded = predict.load_model(model_path)
-  whole = predict.predict_volume(loaded, snapshot_lib.overdensity(box.rho), box.n_src,
+  loaded = inference.load_model(model_path)
+  whole = inference.predict_volume(loaded, snapshot_lib.overdensity(box.rho), box.n_src,
                                  batch_size=BATCH, progress=False)
   np.testing.assert_array_equal(np.concatenate(shards, axis=0), whole)
 

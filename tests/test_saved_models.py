@@ -10,7 +10,7 @@ import pytest
 
 import keras_cnn.model  # noqa: F401  (registers SourceTransform)
 from keras_cnn import metrics as metrics_lib
-from keras_cnn import predict
+from keras_cnn import inference
 from keras_cnn.data import simulate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_shipped_model_keeps_the_original_names(shipped):
 def test_shipped_model_predicts_an_unseen_box(shipped):
   """On a new realization (seed never used in training) it beats the local baseline."""
   box = simulate.simulate_snapshot(40, seed=12345)
-  x_hii = predict.predict_volume(shipped, box.n_igm, box.n_src, batch_size=128,
+  x_hii = inference.predict_volume(shipped, box.n_igm, box.n_src, batch_size=128,
                                  x_start=0, x_stop=3, progress=False)
   assert x_hii.shape == (3, 40, 40) and x_hii.dtype == np.float32
   assert np.all((x_hii >= 0) & (x_hii <= 1))

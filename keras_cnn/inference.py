@@ -1,0 +1,432 @@
+"""Inference library: x_HII maps of whole boxes and their scores, from a saved model.
+
+Two engines give the same map (float tolerance):
+- `dense` (models built with padding 'valid'): the dense twin (`keras_cnn.dense`) paints
+  a tile of voxels per pass; tiles carry a periodic halo of r cells and are sized from
+  a memory budget.
+- `per_voxel` (every model; the only one for 'same' padding): each voxel is the model on
+  its own periodic (2r+1)^3 crop.
+`engine="auto"` picks dense whenever it is exact.
+
+Sharding: `shard_bounds` cuts a box into x-slabs for separate processes. Both engines
+compute every voxel in a piece of work (a batch of one x-plane, or a tile of a tiling
+fixed by the whole box) that does not depend on the sharding, so on one kind of machine
+and software the slabs concatenate to exactly the single-process map.
+"""
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from keras_cnn import dense
+from keras_cnn import io_utils
+from keras_cnn import plots
+
+ENGINES = ("auto", "dense", "per_voxel")
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MEMORY_BUDGET_GB = 2.0
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+POWER_SPECTRUM_FILE = "power_spectrum.csv"
+
+model_radius = dense.model_radius
+
+
+def shard_bounds(nx: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
+  """Half-open x-range [start, stop) of shard `shard_index` of `num_shards`.
+
+  Shards are contiguous, in order, and their sizes differ by at most one plane
+  (the first nx % num_shards shards get one more), like `np.array_split`.
+  """
+  if nx < 1:
+    raise ValueError(f"box must have at least one x-plane, got Nx = {nx}")
+  if not 1 <= num_shards <= nx:
+    raise ValueError(
+        f"--num_shards={num_shards} must be in [1, Nx = {nx}] (one x-plane per shard at most)")
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(
+        f"--shard_index={shard_index} is out of range for --num_shards={num_shards}: "
+        f"it must be in [0, {num_shards - 1}]")
+  base, extra = divmod(nx, num_shards)
+  start = shard_index * base + min(shard_index, extra)
+  return start, start + base + (1 if shard_index < extra else 0)
+
+
+def load_model(path: str):
+  """A saved `.keras` model, loaded with safe_mode=True."""
+  import keras
+
+  from keras_cnn import model as _  # registers SourceTransform  # noqa: F401
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--model={path}: no such file")
+  return keras.saving.load_model(path, safe_mode=True)
+
+
+def _plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int):
+  """(x, first voxel of the plane in the batch) of every batch, plane by plane."""
+  return np.array([(x, lo) for x in range(x_start, x_stop)
+                   for lo in range(0, plane_size, batch_size)], dtype=np.int64)
+
+
+def _crop_dataset(n_igm: np.ndarray, n_src: np.ndarray, radius: int, batch_size: int,
+                  batches: np.ndarray, parallel_calls: int = 2):
+  """tf.data stream of fixed-size input batches ({"n_igm", "n_src"}, valid count)."""
+  import tensorflow as tf
+
+  from keras_cnn import pipeline
+
+  _, ny, nz = n_igm.shape
+  plane_size = ny * nz
+  side = 2 * radius + 1
+
+  def make_batch(batch_index):
+    x, lo = (int(v) for v in batches[int(batch_index)])
+    count = min(batch_size, plane_size - lo)
+    flat = np.arange(lo, lo + batch_size) % plane_size  # padding repeats the plane
+    centres = np.stack([np.full(batch_size, x), flat // nz, flat % nz], axis=-1)
+    igm, src = pipeline.periodic_crops([n_igm, n_src], centres, radius)
+    return igm[..., None], src[..., None], np.int64(count)
+
+  def to_element(batch_index):
+    igm, src, count = tf.numpy_function(
+        make_batch, [batch_index], [tf.float32, tf.float32, tf.int64], stateful=False)
+    shape = (batch_size, side, side, side, 1)
+    return {"n_igm": tf.ensure_shape(igm, shape), "n_src": tf.ensure_shape(src, shape)}, count
+
+  dataset = tf.data.Dataset.range(len(batches)).map(
+      to_element, num_parallel_calls=parallel_calls, deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
+                   x_start: int = 0, x_stop: Optional[int] = None,
+                   progress: bool = True) -> np.ndarray:
+  """x_HII of every voxel of the x-slab [x_start, x_stop), one crop per voxel.
+
+  Crops are cut on the fly (`keras_cnn.pipeline.periodic_crops`) and wrap around
+  all faces, so a slab's values need no halo. Batches hold `batch_size` voxels of
+  one x-plane each (the last batch of a plane is padded and its padding dropped):
+  every batch has one shape (one compilation under jax) and a voxel's batch does
+  not depend on the slab, so slabs concatenate to exactly the whole-box map.
+
+  Args:
+    model: a model with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,).
+    n_igm: overdensity rho / mean(rho) - 1, shape (Nx, Ny, Nz).
+    n_src: source counts, same shape.
+    batch_size: crops per forward pass.
+    x_start: first x-plane to predict.
+    x_stop: one past the last x-plane (None: Nx).
+    progress: show a progress bar on stderr.
+
+  Returns:
+    float32 array (x_stop - x_start, Ny, Nz).
+  """
+  from tqdm import tqdm
+
+  n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  _, ny, nz = n_igm.shape
+  radius = model_radius(model)
+  plane_size = ny * nz
+  batch_size = min(batch_size, plane_size)
+  batches = _plane_batches(plane_size, batch_size, x_start, x_stop)
+  dataset = _crop_dataset(n_igm, n_src, radius, batch_size, batches)
+  out = np.empty((x_stop - x_start, plane_size), np.float32)
+  with tqdm(total=out.size, unit="voxel", unit_scale=True, file=sys.stderr,
+            disable=not progress, desc="x_HII", mininterval=1.0) as bar:
+    for (x, lo), (inputs, count) in zip(batches.tolist(), dataset.as_numpy_iterator()):
+      values = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(-1)
+      out[x - x_start, lo:lo + count] = values[:count]
+      bar.update(int(count))
+  return out.reshape(x_stop - x_start, ny, nz)
+
+
+def resolve_engine(model, engine: str = "auto") -> str:
+  """'dense' or 'per_voxel': the engine that `engine` asks for on this model."""
+  if engine not in ENGINES:
+    raise ValueError(f"--engine must be one of {ENGINES}, got {engine!r}")
+  padding = dense.model_padding(model)
+  if engine == "auto":
+    return "dense" if padding == "valid" else "per_voxel"
+  if engine == "dense" and padding != "valid":
+    raise ValueError(
+        f"--engine=dense needs a model trained with --padding=valid; this model uses "
+        f"padding={padding!r}: use --engine=per_voxel (or auto)")
+  return engine
+
+
+def bytes_per_position(twin: dense.DenseTwin) -> int:
+  """Peak memory per input position of a tile, float32: a few live feature maps of
+  both branches (2 x filters channels) and of the head (units of `dense`)."""
+  filters = twin.head_channels // 2
+  return 4 * (8 * 2 * filters + 3 * twin.head_units + 4)
+
+
+def tile_shape(box_shape: Sequence[int], twin: dense.DenseTwin,
+               memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> Tuple[int, int, int]:
+  """Largest tile (per axis at most the box) whose input with halo fits the budget."""
+  if memory_budget_gb <= 0:
+    raise ValueError(f"--memory_budget_gb must be > 0, got {memory_budget_gb}")
+  halo = 2 * twin.radius
+  budget = memory_budget_gb * 2 ** 30 / bytes_per_position(twin)
+  side = 1
+  while side < max(box_shape) and np.prod(
+      [min(n, side + 1) + halo for n in box_shape]) <= budget:
+    side += 1
+  shape = []
+  for n in box_shape:
+    count = -(-n // min(n, side))  # tiles along the axis, then balanced sizes
+    shape.append(-(-n // count))
+  return tuple(shape)
+
+
+def _tiles(n: int, side: int) -> List[Tuple[int, int, int]]:
+  """(tile start, owned start, owned stop) along an axis of length n; every tile has
+  `side` cells and the last one ends at n (it may overlap its neighbour)."""
+  count = -(-n // side)
+  tiles = []
+  for i in range(count):
+    start = min(i * side, n - side)
+    tiles.append((start, i * side, min((i + 1) * side, n)))
+  return tiles
+
+
+def predict_volume_dense(model, n_igm, n_src, x_start: int = 0,
+                         x_stop: Optional[int] = None,
+                         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                         progress: bool = True, twin=None) -> np.ndarray:
+  """x_HII of the x-slab [x_start, x_stop) of a periodic box through the dense twin.
+
+  The box is cut into equal tiles (`tile_shape`, fixed by the whole box so a slab's
+  voxels come from the same tiles as in the whole-box map); each tile's input is the
+  tile plus a periodic halo of r cells, gathered with wrap-around indices.
+
+  Args:
+    model: a per-voxel model built with padding 'valid'.
+    n_igm: overdensity rho / mean(rho) - 1, shape (Nx, Ny, Nz).
+    n_src: source counts, same shape.
+    x_start: first x-plane to predict.
+    x_stop: one past the last x-plane (None: Nx).
+    memory_budget_gb: bound on the memory of one tile's pass.
+    progress: show a progress bar (tiles) on stderr.
+    twin: a `DenseTwin` of `model` to reuse (None: built here).
+
+  Returns:
+    float32 array (x_stop - x_start, Ny, Nz).
+  """
+  from tqdm import tqdm
+
+  n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
+  twin = dense.DenseTwin(model) if twin is None else twin
+  radius = twin.radius
+  shape = n_igm.shape
+  tile = tile_shape(shape, twin, memory_budget_gb)
+  tiles_x = [t for t in _tiles(shape[0], tile[0]) if t[2] > x_start and t[1] < x_stop]
+  tiles_y, tiles_z = _tiles(shape[1], tile[1]), _tiles(shape[2], tile[2])
+  logging.info("Dense engine: tiles of %s voxels (+ halo of %d), %d tile(s).", tile, radius,
+               len(tiles_x) * len(tiles_y) * len(tiles_z))
+  out = np.empty((x_stop - x_start,) + shape[1:], np.float32)
+  with tqdm(total=len(tiles_x) * len(tiles_y) * len(tiles_z), unit="tile", file=sys.stderr,
+            disable=not progress, desc="x_HII", mininterval=1.0) as bar:
+    for tx, ox0, ox1 in tiles_x:
+      ix = np.arange(tx - radius, tx + tile[0] + radius) % shape[0]
+      lo, hi = max(ox0, x_start), min(ox1, x_stop)
+      for ty, oy0, oy1 in tiles_y:
+        iy = np.arange(ty - radius, ty + tile[1] + radius) % shape[1]
+        for tz, oz0, oz1 in tiles_z:
+          iz = np.arange(tz - radius, tz + tile[2] + radius) % shape[2]
+          index = np.ix_(ix, iy, iz)
+          inputs = {"n_igm": n_igm[index][None, ..., None],
+                    "n_src": n_src[index][None, ..., None]}
+          values = np.asarray(twin.predict_on_batch(inputs), np.float32)[0, ..., 0]
+          out[lo - x_start:hi - x_start, oy0:oy1, oz0:oz1] = values[
+              lo - tx:hi - tx, oy0 - ty:oy1 - ty, oz0 - tz:oz1 - tz]
+          bar.update(1)
+  return out
+
+
+def _check_volume(n_igm, n_src, x_start: int, x_stop: Optional[int]):
+  n_igm = np.asarray(n_igm, dtype=np.float32)
+  n_src = np.asarray(n_src, dtype=np.float32)
+  if n_igm.ndim != 3 or n_src.shape != n_igm.shape:
+    raise ValueError(f"n_igm and n_src must be 3-D of one shape, got {n_igm.shape} and "
+                     f"{n_src.shape}")
+  nx = n_igm.shape[0]
+  x_stop = nx if x_stop is None else int(x_stop)
+  if not 0 <= x_start < x_stop <= nx:
+    raise ValueError(f"x-slab [{x_start}, {x_stop}) must satisfy 0 <= start < stop <= "
+                     f"Nx = {nx}")
+  return n_igm, n_src, x_stop
+
+
+def predict_map(model, n_igm, n_src, engine: str = "auto", x_start: int = 0,
+                x_stop: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                progress: bool = True) -> np.ndarray:
+  """x_HII of the x-slab [x_start, x_stop) through the engine `engine` resolves to."""
+  chosen = resolve_engine(model, engine)
+  logging.info("Engine: %s (padding %r).", chosen, dense.model_padding(model))
+  if chosen == "dense":
+    return predict_volume_dense(model, n_igm, n_src, x_start=x_start, x_stop=x_stop,
+                                memory_budget_gb=memory_budget_gb, progress=progress)
+  return predict_volume(model, n_igm, n_src, batch_size=batch_size, x_start=x_start,
+                        x_stop=x_stop, progress=progress)
+
+
+def save_array(array: np.ndarray, path: str) -> str:
+  """np.save to `path` via a temporary file in the same folder and os.replace."""
+  with io_utils.atomic_open(path, "wb") as stream:
+    np.save(stream, array, allow_pickle=False)
+  return path
+
+
+def _json_safe(value):
+  """NaN and infinities are not JSON; they become null."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _sampled_predictions(model, snapshot, radius: int, batch_size: int, num_examples: int,
+                         seed: int, progress: bool):
+  """(y_true, y_pred) on a fixed random set of voxels of one box."""
+  from tqdm import tqdm
+
+  from keras_cnn import pipeline
+
+  dataset = pipeline.make_dataset([(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)],
+                                  radius, batch_size, training=False, seed=seed,
+                                  num_examples=num_examples)
+  y_true, y_pred = [], []
+  with tqdm(total=min(num_examples, int(np.prod(snapshot.shape))), unit="voxel",
+            unit_scale=True, file=sys.stderr, disable=not progress, desc="x_HII",
+            mininterval=1.0) as bar:
+    for inputs, targets in dataset.as_numpy_iterator():
+      y_true.append(np.asarray(targets, np.float32).ravel())
+      y_pred.append(np.asarray(model.predict_on_batch(inputs), np.float32).ravel())
+      bar.update(len(y_true[-1]))
+  return np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def _write_power_spectra(path: str, spectra: Sequence[Dict[str, object]]) -> None:
+  columns = ("k", "pk_true", "pk_pred", "pk_cross", "r_k", "n_modes")
+  stream = io.StringIO()
+  writer = csv.writer(stream, lineterminator="\n")
+  writer.writerow(["box", "k_per_cmpc", "pk_true_cmpc3", "pk_pred_cmpc3", "pk_cross_cmpc3",
+                   "r_k", "n_modes"])
+  for box, spectrum in enumerate(spectra):
+    for row in zip(*(np.asarray(spectrum[c], np.float64) for c in columns)):
+      writer.writerow([box] + [f"{v:.6g}" for v in row])
+  io_utils.write_text(path, stream.getvalue())
+
+
+def evaluate_model(model, snapshots: Sequence, out_dir: str,
+                   batch_size: int = 256, max_full_voxels: int = 128 ** 3,
+                   num_examples: int = 16384, seed: int = 0,
+                   cell_size_mpc: float = plots.DEFAULT_CELL_SIZE_MPC,
+                   history_csv: Optional[str] = None, power_spectrum: str = "auto",
+                   progress: bool = True, engine: str = "auto",
+                   memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict:
+  """Scores `model` on whole boxes and writes metrics.json and figures to `out_dir`.
+
+  Args:
+    model: a trained model (inputs {"n_igm", "n_src"} of side 2r+1).
+    snapshots: `keras_cnn.data.snapshot.Snapshot`s with targets; any box shape.
+    out_dir: output folder (created).
+    batch_size: crops per forward pass.
+    max_full_voxels: per-voxel engine: boxes up to this size are predicted whole;
+      larger ones are scored on `num_examples` random voxels (no map, slices or power
+      spectrum). The dense engine always predicts whole boxes.
+    num_examples: voxels per large box.
+    seed: seed of those voxels.
+    cell_size_mpc: comoving cell side (figures' axes and k).
+    history_csv: a training history to plot (None: no history figure).
+    power_spectrum: "auto", "tools21cm", "numpy" (see `keras_cnn.metrics`) or "off".
+    progress: progress bars on stderr.
+    engine: "auto", "dense" or "per_voxel" (see `resolve_engine`).
+    memory_budget_gb: dense engine: memory bound of one tile's pass.
+
+  Returns:
+    The metrics written to out_dir/metrics.json (JSON-safe: no NaN).
+  """
+  from keras_cnn import metrics as metrics_lib
+
+  if not snapshots:
+    raise ValueError("evaluate_model needs at least one snapshot")
+  for snapshot in snapshots:
+    if snapshot.x_hii is None:
+      raise ValueError(f"{snapshot.name}: field 'x_hii' is missing; evaluation needs targets")
+  os.makedirs(out_dir, exist_ok=True)
+  radius = model_radius(model)
+  chosen = resolve_engine(model, engine)
+  logging.info("Engine: %s (padding %r).", chosen, dense.model_padding(model))
+  whole = lambda snapshot: chosen == "dense" or int(np.prod(snapshot.shape)) <= max_full_voxels
+  suffix = (lambda i: "") if len(snapshots) == 1 else (lambda i: f"_{i}")
+
+  y_true: List[np.ndarray] = []
+  y_pred: List[np.ndarray] = []
+  spectra = []
+  for i, snapshot in enumerate(snapshots):
+    size = int(np.prod(snapshot.shape))
+    if not whole(snapshot):
+      logging.info("%s: %d voxels > %d, scoring %d random voxels.", snapshot.name, size,
+                   max_full_voxels, num_examples)
+      true_i, pred_i = _sampled_predictions(model, snapshot, radius, batch_size,
+                                            num_examples, seed + i, progress)
+      y_true.append(true_i)
+      y_pred.append(pred_i)
+      continue
+    logging.info("%s: predicting all %d voxels.", snapshot.name, size)
+    pred_map = predict_map(model, snapshot.n_igm, snapshot.n_src, engine=chosen,
+                           batch_size=batch_size, memory_budget_gb=memory_budget_gb,
+                           progress=progress)
+    true_map = np.asarray(snapshot.x_hii, np.float32)
+    y_true.append(true_map.ravel())
+    y_pred.append(pred_map.ravel())
+    plots.plot_slices(true_map, pred_map, os.path.join(out_dir, f"slices{suffix(i)}.png"),
+                      cell_size_mpc=cell_size_mpc)
+    if power_spectrum != "off":
+      box_mpc = [n * cell_size_mpc for n in true_map.shape]
+      spectrum = metrics_lib.power_spectrum_comparison(true_map, pred_map, box_mpc,
+                                                       method=power_spectrum)
+      spectra.append(spectrum)
+      plots.plot_power_spectra(spectrum, os.path.join(out_dir, f"power_spectra{suffix(i)}.png"),
+                               title=snapshot.name)
+
+  y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
+  result = metrics_lib.regression_metrics(y_true_all, y_pred_all)
+  result["num_boxes"] = len(snapshots)
+  result["full_volume"] = all(whole(s) for s in snapshots)
+  result["engine"] = chosen
+  summaries = [metrics_lib.power_spectrum_summary(s) for s in spectra]
+  for key in ("r_k_mean", "pk_ratio_mean"):
+    values = [s[key] for s in summaries if s[key] is not None]
+    result[key] = float(np.mean(values)) if values else None
+  result["power_spectrum_method"] = spectra[0]["method"] if spectra else None
+  result = {key: _json_safe(value) for key, value in result.items()}
+
+  plots.plot_pred_vs_true(y_true_all, y_pred_all, os.path.join(out_dir, "pred_vs_true.png"),
+                          r2=result["r2"])
+  if spectra:
+    _write_power_spectra(os.path.join(out_dir, POWER_SPECTRUM_FILE), spectra)
+  if history_csv:
+    plots.plot_history(history_csv, os.path.join(out_dir, "history.png"))
+  io_utils.write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(result, indent=2) + "\n")
+  return result
+
+
+def history_beside(model_path: str) -> Optional[str]:
+  """The history.csv in the model's folder (a train workdir), if there is one."""
+  path = os.path.join(os.path.dirname(os.path.abspath(model_path)), HISTORY_FILE)
+  return path if os.path.isfile(path) else None
+
+
