@@ -107,6 +107,14 @@ def define_train_flags() -> None:
   flags.DEFINE_integer("patience", 6, "EarlyStopping patience in epochs (0: off).")
   flags.DEFINE_float("time_budget_minutes", 13.5,
                      "Stop training after this wall-clock time in minutes (0: no limit).")
+  flags.DEFINE_enum("train_unit", "voxel", ["voxel", "patch"],
+                    "voxel: one target voxel per (2r+1)^3 crop. patch: a --patch_size^3 block "
+                    "of targets per example with its periodic context, trained through the "
+                    "dense twin (needs --padding=valid); the saved model is the same "
+                    "per-voxel network.")
+  flags.DEFINE_integer("patch_size", 16, "Target voxels per patch side (--train_unit=patch).")
+  flags.DEFINE_integer("validation_patches", 16,
+                       "Fixed validation patches per epoch (--train_unit=patch).")
   flags.DEFINE_enum("distribution", "none", ["none", "data_parallel"],
                     "Train on every local device (see keras_cnn.distribute).")
   flags.DEFINE_enum("jit_compile", "auto", list(BACKEND_SETTINGS),
@@ -114,10 +122,19 @@ def define_train_flags() -> None:
   flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
                     "AVX512-BF16/AMX (2x faster, keras_cnn.benchmarks.train_step), else float32.")
-  for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples"):
+  for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples",
+               "patch_size", "validation_patches"):
     _positive(name)
-  flags.register_validator("learning_rate", lambda v: v > 0,
-                           message="--learning_rate must be > 0")
+  flags.register_validator("learning_rate", lambda v: math.isfinite(v) and v > 0,
+                           message="--learning_rate must be a finite number > 0")
+  for name in ("seed", "stratify_bins", "patience"):
+    flags.register_validator(name, lambda v: v >= 0, message=f"--{name} must be >= 0")
+  flags.register_validator("time_budget_minutes", lambda v: math.isfinite(v) and v >= 0,
+                           message="--time_budget_minutes must be a finite number >= 0 "
+                           "(0: no limit)")
+  flags.register_multi_flags_validator(
+      ["train_unit", "padding"], lambda v: v["train_unit"] != "patch" or v["padding"] == "valid",
+      message="--train_unit=patch trains the dense twin, which needs --padding=valid")
 
 
 def define_model_input_flags() -> None:
@@ -164,7 +181,7 @@ def _define_apply_flags() -> None:
   flags.DEFINE_enum("engine", "auto", ["auto", "dense", "per_voxel"],
                     "auto: the dense engine (a tile per pass) for models trained with "
                     "--padding=valid, else one crop per voxel.")
-  flags.DEFINE_float("memory_budget_gb", 2.0,
+  flags.DEFINE_float("memory_budget_gb", 1.5,
                      "Dense engine: memory bound of one tile's pass; sets the tile size.")
   flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.")
   flags.register_validator("memory_budget_gb", lambda v: math.isfinite(v) and v > 0,

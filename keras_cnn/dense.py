@@ -97,6 +97,9 @@ class DenseTwin(keras.Model):
   Args:
     per_voxel: a model from `keras_cnn.model.build_model` with padding 'valid' (or a
       loaded `.keras` file of one).
+    flat_output: return (B * X * Y * Z, 1) in C order instead of (B, X, Y, Z, 1): one
+      row per voxel, as training on patches compares them with the targets
+      (`keras_cnn.pipeline.make_patch_dataset`).
 
   Inputs {"n_igm", "n_src"} of shape (B, X + 2r, Y + 2r, Z + 2r, 1): a tile of the
   raw fields (overdensity, sources) with a halo of r cells on every side. Output
@@ -108,8 +111,9 @@ class DenseTwin(keras.Model):
     >>> twin({"n_igm": igm_tile, "n_src": src_tile})  # tiles of side X + 8
   """
 
-  def __init__(self, per_voxel: keras.Model, **kwargs):
+  def __init__(self, per_voxel: keras.Model, flat_output: bool = False, **kwargs):
     super().__init__(**kwargs)
+    self.flat_output = flat_output
     padding = model_padding(per_voxel)
     if padding != "valid":
       raise ValueError(
@@ -136,6 +140,7 @@ class DenseTwin(keras.Model):
       if not seen_dense or layer.name == "x_hii":
         continue
       self.head_layers.append(layer)
+    self.built = True  # every variable is the per-voxel model's, already built
 
   def folds(self) -> Sequence[int]:
     """Fold factors in order: stride then pooling, per block (1s skipped)."""
@@ -183,15 +188,18 @@ class DenseTwin(keras.Model):
     x = ops.cast(x, "float32")
     for factor in reversed(self.folds()):
       x = unfold_phases(x, factor)
-    return x[:, :out_sides[0], :out_sides[1], :out_sides[2], :]
+    x = x[:, :out_sides[0], :out_sides[1], :out_sides[2], :]
+    return ops.reshape(x, (-1, 1)) if self.flat_output else x
 
   def compute_output_shape(self, input_shape):
     shape = input_shape["n_igm"]
+    if self.flat_output:
+      return (None, 1)
     return (shape[0],) + tuple(
         None if n is None else n - 2 * self.radius for n in shape[1:4]) + (1,)
 
   def get_config(self):
-    return {**super().get_config(),
+    return {**super().get_config(), "flat_output": self.flat_output,
             "per_voxel": keras.saving.serialize_keras_object(self.per_voxel)}
 
   @classmethod

@@ -31,7 +31,7 @@ from keras_cnn import plots
 
 ENGINES = ("auto", "dense", "per_voxel")
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_MEMORY_BUDGET_GB = 2.0
+DEFAULT_MEMORY_BUDGET_GB = 1.5
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 POWER_SPECTRUM_FILE = "power_spectrum.csv"
@@ -165,10 +165,10 @@ def resolve_engine(model, engine: str = "auto") -> str:
 
 
 def bytes_per_position(twin: dense.DenseTwin) -> int:
-  """Peak memory per input position of a tile, float32: a few live feature maps of
-  both branches (2 x filters channels) and of the head (units of `dense`)."""
-  filters = twin.head_channels // 2
-  return 4 * (8 * 2 * filters + 3 * twin.head_units + 4)
+  """Peak memory per input position of a tile's pass, float32: about two live feature
+  maps of both branches (2 x filters channels) and one and a half of the head (units of
+  `dense`), with a margin over what `keras_cnn.benchmarks.predict` measures."""
+  return 4 * (2 * twin.head_channels + 3 * twin.head_units // 2 + 4)
 
 
 def tile_shape(box_shape: Sequence[int], twin: dense.DenseTwin,

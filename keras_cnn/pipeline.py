@@ -82,14 +82,13 @@ def _symmetry_view(out: np.ndarray, index: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_segments(n: int, radius: int) -> Tuple[tuple, ...]:
-  """For every centre 0..n-1: the (source slice, destination slice) pairs of its
-  periodic window [c - r, c + r] on an axis of length n (two pairs when it wraps;
-  more only when the window is longer than the axis)."""
-  size = 2 * radius + 1
+def _axis_segments(n: int, lead: int, size: int) -> Tuple[tuple, ...]:
+  """For every position c in 0..n-1: the (source slice, destination slice) pairs of
+  its periodic window [c - lead, c - lead + size) on an axis of length n (two pairs
+  when it wraps; more only when the window is longer than the axis)."""
   table = []
   for centre in range(n):
-    pos = (centre - radius) % n
+    pos = (centre - lead) % n
     done = 0
     pairs = []
     while done < size:
@@ -102,15 +101,21 @@ def _axis_segments(n: int, radius: int) -> Tuple[tuple, ...]:
 
 
 class _Cutter:
-  """Cuts periodic crops of several same-shaped fields; caches the axis tables."""
+  """Cuts periodic windows of several same-shaped fields; caches the axis tables.
 
-  def __init__(self, shape: Sequence[int], radius: int):
+  The window of position c is [c - lead, c - lead + size) on every axis: a crop
+  centred on c by default (lead r, size 2r+1).
+  """
+
+  def __init__(self, shape: Sequence[int], radius: int, size: Optional[int] = None,
+               lead: Optional[int] = None):
     if radius < 0:
       raise ValueError(f"radius must be >= 0, got {radius}")
     self.shape = tuple(int(n) for n in shape)
     self.radius = int(radius)
-    self.size = 2 * self.radius + 1
-    self.tables = [_axis_segments(n, self.radius) for n in self.shape]
+    self.size = 2 * self.radius + 1 if size is None else int(size)
+    lead = self.radius if lead is None else int(lead)
+    self.tables = [_axis_segments(n, lead, self.size) for n in self.shape]
 
   def cut(self, snapshots: Sequence[Sequence[Field]], which: Optional[np.ndarray],
           centres: np.ndarray, symmetries: Optional[np.ndarray],
@@ -543,3 +548,113 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
   num_batches = -(-count // batch_size)
   return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None,
                      source.size, False, parallel_calls)
+
+
+def _patch_corner_region(region, shape, radius: int, patch_size: int):
+  """Half-open x-range of patch corners whose whole P-block lies in `region`."""
+  if region is None:
+    return None  # whole periodic boxes: any corner
+  start, stop = _resolve_region(region, shape, radius)
+  if stop - start < patch_size:
+    raise ValueError(
+        f"a region of {stop - start} x-planes ([{start}, {stop})) is narrower than "
+        f"--patch_size={patch_size}: use a smaller --patch_size, a bigger box, or "
+        "independent snapshots for validation and test")
+  return start, stop - patch_size + 1
+
+
+def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
+                       training: bool, seed: int = 0, augment: bool = True, region=None,
+                       num_patches: Optional[int] = None, start_batch: int = 0,
+                       parallel_calls: int = 2) -> tf.data.Dataset:
+  """Batches of patches: a P^3 block of targets with its (P+2r)^3 periodic context.
+
+  Elements are ({"n_igm", "n_src"}: (B, P+2r, P+2r, P+2r, 1), x_hii: (B * P^3, 1)):
+  the targets are flattened in (patch, x, y, z) C order, the order in which the
+  flattening dense twin (`keras_cnn.dense.DenseTwin(..., flat_output=True)`) returns
+  its predictions. A patch whose corner is c covers voxels [c, c + P) on each axis
+  (periodic) and its context [c - r, c + P + r). With a slab `region`, whole blocks
+  stay inside the slab, so the guard bands of `split_regions` keep every context out
+  of the other splits.
+
+  Args:
+    fields: (n_igm, n_src, x_hii) triples, one per snapshot (see `make_dataset`).
+    radius: crop radius r of the model.
+    patch_size: P, target voxels per patch side.
+    batch_size: patches per batch.
+    training: True: infinite stream keyed by (seed, batch index), new corners for
+      every batch. False: `num_patches` corners drawn once by `seed`, in order.
+    seed: seed of every random choice.
+    augment: training only: one of the 48 cube symmetries per patch, applied to the
+      whole block (context and targets alike).
+    region: None (whole boxes), "train" / "validation" / "test", or (start, stop).
+    num_patches: evaluation: how many patches (required when training is False).
+    start_batch: training: index of the first batch (to resume).
+    parallel_calls: batches cut concurrently.
+  """
+  if patch_size < 1:
+    raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not training and (num_patches is None or num_patches < 1):
+    raise ValueError(f"num_patches must be >= 1 for evaluation, got {num_patches}")
+  probe = _Source(fields, radius, None)
+  corners = _patch_corner_region(region, probe.snapshots[0][0].shape, radius, patch_size)
+  source = _Source(fields, radius, corners)
+  shapes = {arrays[0].shape for arrays in source.snapshots}
+  context = patch_size + 2 * radius
+  cutters = {shape: (_Cutter(shape, radius, size=context, lead=radius),
+                     _Cutter(shape, radius, size=patch_size, lead=0)) for shape in shapes}
+  target_fields = [[arrays[2]] for arrays in source.snapshots]
+
+  def make_batch(index, symmetries):
+    which, corner = source.locate(index)
+    count = len(index)
+    inputs = [np.empty((count,) + (context,) * 3, np.float32) for _ in INPUT_NAMES]
+    targets = np.empty((count,) + (patch_size,) * 3, np.float32)
+    for shape in shapes:
+      mask = np.flatnonzero([source.snapshots[s][0].shape == shape for s in which])
+      if len(mask) == count:
+        parts, part_targets, picked = inputs, targets, None
+      else:
+        parts = [np.empty((len(mask),) + out.shape[1:], np.float32) for out in inputs]
+        part_targets = np.empty((len(mask),) + targets.shape[1:], np.float32)
+        picked = mask
+      sel = slice(None) if picked is None else picked
+      syms = None if symmetries is None else symmetries[sel]
+      cut_in, cut_out = cutters[shape]
+      cut_in.cut(source.snapshots, which[sel], corner[sel], syms, parts)
+      cut_out.cut(target_fields, which[sel], corner[sel], syms, [part_targets])
+      if picked is not None:
+        for out, piece in zip(inputs, parts):
+          out[picked] = piece
+        targets[picked] = part_targets
+    return [out[..., None] for out in inputs] + [targets.reshape(-1, 1)]
+
+  input_shape = (None,) + (context,) * 3 + (1,)
+
+  def to_dataset(batches, fn):
+    def to_element(batch_index):
+      arrays = tf.numpy_function(fn, [batch_index], [tf.float32] * 3, stateful=False)
+      inputs = {name: tf.ensure_shape(array, input_shape)
+                for name, array in zip(INPUT_NAMES, arrays)}
+      return inputs, tf.ensure_shape(arrays[-1], (None, 1))
+    return batches.map(to_element, num_parallel_calls=parallel_calls,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+  if training:
+    def train_fn(batch_index):
+      rng = np.random.default_rng([seed, _STREAM_BATCH, int(batch_index)])
+      index = source.sample(rng, batch_size, 0)
+      syms = rng.integers(0, NUM_SYMMETRIES, size=batch_size) if augment else None
+      return make_batch(index, syms)
+    return to_dataset(tf.data.Dataset.counter(start=start_batch), train_fn)
+
+  rng = np.random.default_rng([seed, _STREAM_FIXED_SET])
+  fixed = np.sort(source.sample(rng, num_patches, 0, replace=False))
+
+  def eval_fn(batch_index):
+    lo = int(batch_index) * batch_size
+    return make_batch(fixed[lo:lo + batch_size], None)
+
+  return to_dataset(tf.data.Dataset.range(-(-len(fixed) // batch_size)), eval_fn)

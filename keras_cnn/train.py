@@ -34,6 +34,8 @@ def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
       validation_examples=flag_values.validation_examples,
       test_examples=flag_values.test_examples, patience=flag_values.patience,
       time_budget_minutes=flag_values.time_budget_minutes,
+      train_unit=flag_values.train_unit, patch_size=flag_values.patch_size,
+      validation_patches=flag_values.validation_patches,
       distribution=flag_values.distribution, jit_compile=flag_values.jit_compile,
       precision=flag_values.precision)
 

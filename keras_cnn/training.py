@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
+from keras_cnn import dense
 from keras_cnn import distribute
 from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
@@ -57,9 +58,36 @@ class TrainConfig:
   test_examples: int = 16384
   patience: int = 6
   time_budget_minutes: float = 0.0
+  train_unit: str = "voxel"
+  patch_size: int = 16
+  validation_patches: int = 16
   distribution: str = "none"
   jit_compile: str = "auto"
   precision: str = "auto"
+
+
+TRAIN_UNITS = ("voxel", "patch")
+
+
+class SaveBest(keras.callbacks.Callback):
+  """Writes the per-voxel model (float32, no optimizer) whenever val_loss improves.
+
+  With patch training the model fitted is the dense twin; what is written is always
+  the per-voxel functional model with the original layer names, whose variables the
+  twin trains.
+  """
+
+  def __init__(self, path: str, best_so_far: Optional[float] = None):
+    super().__init__()
+    self.path = path
+    self.best = np.inf if best_so_far is None else best_so_far
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get("val_loss")
+    if value is None or not np.isfinite(value) or value >= self.best:
+      return
+    self.best = float(value)
+    save_for_sharing(getattr(self.model, "per_voxel", self.model), self.path)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -108,9 +136,7 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
   callbacks = [
       keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
       # On resume, only a model better than the epochs already logged replaces best.keras.
-      keras.callbacks.ModelCheckpoint(os.path.join(workdir, BEST_FILE), monitor="val_loss",
-                                      save_best_only=True,
-                                      initial_value_threshold=best_so_far),
+      SaveBest(os.path.join(workdir, BEST_FILE), best_so_far),
       keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
       keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
       keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
@@ -186,33 +212,49 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   start_epoch = len(history)
   if start_epoch:
     logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
-  train_ds = pipeline.make_dataset(
-      splits["train"].fields, radius, config.batch_size, training=True, seed=config.seed,
-      augment=config.augment, region=splits["train"].region,
-      stratify_bins=config.stratify_bins, start_batch=start_epoch * config.steps_per_epoch)
-  val_ds = pipeline.make_dataset(
-      splits["validation"].fields, radius, config.batch_size, training=False,
-      seed=config.seed + 1, region=splits["validation"].region,
-      num_examples=config.validation_examples)
+  patches = config.train_unit == "patch"
+  if patches:
+    train_ds = pipeline.make_patch_dataset(
+        splits["train"].fields, radius, config.patch_size, config.batch_size, training=True,
+        seed=config.seed, augment=config.augment, region=splits["train"].region,
+        start_batch=start_epoch * config.steps_per_epoch)
+    val_ds = pipeline.make_patch_dataset(
+        splits["validation"].fields, radius, config.patch_size, config.batch_size,
+        training=False, seed=config.seed + 1, region=splits["validation"].region,
+        num_patches=config.validation_patches)
+  else:
+    train_ds = pipeline.make_dataset(
+        splits["train"].fields, radius, config.batch_size, training=True, seed=config.seed,
+        augment=config.augment, region=splits["train"].region,
+        stratify_bins=config.stratify_bins, start_batch=start_epoch * config.steps_per_epoch)
+    val_ds = pipeline.make_dataset(
+        splits["validation"].fields, radius, config.batch_size, training=False,
+        seed=config.seed + 1, region=splits["validation"].region,
+        num_examples=config.validation_examples)
 
   jit_compile = resolve_jit_compile(config.jit_compile)
   with distribute.distribution_scope(config.distribution) as info:
     distribute.check_global_batch(config.batch_size, info)
     model = model_lib.build_model(config.model, igm_stats, src_stats)
-    compile_model(model, config.learning_rate, jit_compile)
-  logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s.",
-               keras.backend.backend(), info.num_replicas, precision, jit_compile)
+    fitted = dense.DenseTwin(model, flat_output=True) if patches else model
+    compile_model(fitted, config.learning_rate, jit_compile)
+  logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",
+               keras.backend.backend(), info.num_replicas, precision, jit_compile,
+               f"{config.patch_size}^3 patches (dense twin)" if patches else "voxels")
+  offset = model_lib.receptive_offset(config.model)
+  if offset:
+    logging.warning("The receptive field is off-centre by %.1f cells per axis (sizes floor "
+                    "away rows); centred sizes keep the 48 cube symmetries exact.", offset)
   model.summary(print_fn=logging.info)
   with distribute.synchronized_batch_norm(model, info):
-    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+    fitted.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
               validation_data=val_ds,
               callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
               verbose=1, shuffle=False)
 
   best_path = os.path.join(workdir, BEST_FILE)
   model_path = os.path.join(workdir, MODEL_FILE)
-  save_for_sharing(keras.saving.load_model(best_path, safe_mode=True), model_path)
-  os.remove(best_path)
+  os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
   shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
   metrics = evaluate_split(shared, splits["test"], radius, config.batch_size,
                            config.test_examples, seed=config.seed + 2)
@@ -237,21 +279,38 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
       layer["config"]["dtype"] = "float32"
   clean = keras.Model.from_config(config)
   clean.set_weights(model.get_weights())
-  tmp = f"{path}.tmp.keras"
-  clean.save(tmp)
-  os.replace(tmp, path)
+  tmp = f"{path}.{os.getpid()}.tmp.keras"
+  try:
+    clean.save(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
                    batch_size: int, num_examples: int, seed: int) -> dict:
-  """Metrics of `model` on a fixed set of crops of `split`."""
+  """Metrics of `model` on `split`: every voxel of its boxes (or slab) through the dense
+  engine for 'valid' models, else a fixed set of `num_examples` crops."""
+  from keras_cnn import inference
   from keras_cnn import metrics as metrics_lib
   from keras_cnn import pipeline
 
-  ds = pipeline.make_dataset(split.fields, radius, batch_size, training=False, seed=seed,
-                             region=split.region, num_examples=num_examples)
-  y_true = np.concatenate([np.asarray(y) for _, y in ds.as_numpy_iterator()]).ravel()
-  y_pred = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0)).ravel()
+  if dense.model_padding(model) == "valid":
+    twin = dense.DenseTwin(model)
+    y_true, y_pred = [], []
+    for n_igm, n_src, x_hii in split.fields:
+      start, stop = split.region or (0, n_igm.shape[0])
+      y_pred.append(inference.predict_volume_dense(
+          model, n_igm, n_src, x_start=start, x_stop=stop, progress=False,
+          twin=twin).ravel())
+      y_true.append(np.asarray(x_hii[start:stop], np.float32).ravel())
+    y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
+  else:
+    ds = pipeline.make_dataset(split.fields, radius, batch_size, training=False, seed=seed,
+                               region=split.region, num_examples=num_examples)
+    y_true = np.concatenate([np.asarray(y) for _, y in ds.as_numpy_iterator()]).ravel()
+    y_pred = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0)).ravel()
   result = metrics_lib.regression_metrics(y_true, y_pred)
   result["_arrays"] = (y_true, y_pred)
   return result

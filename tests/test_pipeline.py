@@ -353,3 +353,43 @@ def test_memory_mapped_fields(tmp_path):
   np.testing.assert_array_equal(targets, x_hii.ravel())
   crops = pipeline.periodic_crops(list(mapped[:2]), np.array([[0, 8, 7]]), 2)
   np.testing.assert_array_equal(crops[1][0], reference_crop(n_src, (0, 8, 7), 2))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_patches_hold_their_targets_at_the_centre_of_their_context(augment):
+  """With x_HII equal to the density field, each target block must be the inner P^3
+  of its (P+2r)^3 context, whatever symmetry the patch got; contexts wrap periodically."""
+  rng = np.random.default_rng(0)
+  field = rng.random((9, 7, 8), dtype=np.float32)
+  radius, size = 3, 4
+  dataset = pipeline.make_patch_dataset([(field, field * 0 + 1, field)], radius, size, 5,
+                                        training=True, seed=3, augment=augment)
+  inputs, targets = next(iter(dataset.as_numpy_iterator()))
+  assert inputs["n_igm"].shape == (5, 10, 10, 10, 1)
+  blocks = targets.reshape(5, size, size, size)
+  inner = inputs["n_igm"][:, radius:radius + size, radius:radius + size,
+                          radius:radius + size, 0]
+  np.testing.assert_array_equal(blocks, inner)
+  if not augment:  # the context is the periodic window at the patch corner
+    corner = [int(np.flatnonzero(np.isclose(field, inner[0, 0, 0, 0]))[0])]
+    x, y, z = np.unravel_index(corner[0], field.shape)
+    index = np.ix_(*[np.arange(c - radius, c + size + radius) % n
+                     for c, n in zip((x, y, z), field.shape)])
+    np.testing.assert_array_equal(inputs["n_igm"][0, ..., 0], field[index])
+
+
+def test_patches_stay_inside_their_slab():
+  shape = (80, 6, 6)
+  x_index = np.broadcast_to(np.arange(80, dtype=np.float32)[:, None, None], shape).copy()
+  radius, size = 3, 4
+  regions = pipeline.split_regions(shape, radius)
+  for split in ("train", "validation"):
+    dataset = pipeline.make_patch_dataset([(x_index, x_index, x_index)], radius, size, 8,
+                                          training=split == "train", seed=1, region=split,
+                                          num_patches=6)
+    _, targets = next(iter(dataset.as_numpy_iterator()))
+    start, stop = regions[split]
+    assert start <= targets.min() and targets.max() < stop, split
+  with pytest.raises(ValueError, match="narrower than --patch_size=20"):
+    pipeline.make_patch_dataset([(x_index, x_index, x_index)], radius, 20, 2,
+                                training=True, region="validation")

@@ -1,6 +1,7 @@
 """End to end on a tiny synthetic box: artifacts, metrics, resume after a crash."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -103,3 +104,44 @@ def test_main_prints_the_test_metrics(tmp_path, capsys):
   assert "--radius=2" in open(tmp_path / "flags.txt").read()
   np.testing.assert_allclose(json.loads(line)["r2"],
                              json.load(open(tmp_path / "metrics.json"))["r2"])
+
+
+PATCH = dataclasses.replace(
+    TINY, model=dataclasses.replace(TINY.model, radius=3, padding="valid"),
+    train_unit="patch", patch_size=4, batch_size=2, validation_patches=3)
+
+
+@pytest.mark.backend
+def test_patch_training_saves_a_per_voxel_model_both_engines_agree_on(tmp_path):
+  from keras_cnn import inference
+  from keras_cnn.data import simulate
+
+  workdir = str(tmp_path / "run")
+  metrics = training.train_and_evaluate(PATCH, workdir)
+  # 'valid' models are scored on every voxel of the 16^3 test box
+  assert metrics["num_voxels"] == 16 ** 3
+  rows = _history(workdir)
+  assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+  assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+  model = inference.load_model(os.path.join(workdir, "model.keras"))
+  assert isinstance(model, keras.Model) and model.name == "keras_cnn"
+  assert model.get_layer("n_igm").batch_shape == (None, 7, 7, 7, 1)
+  assert {"conv3d_6", "conv3d_17", "dense", "dense_7"} <= {l.name for l in model.layers}
+  box = simulate.synthetic_splits(n_cells=16, seed=0)["test"][0]
+  by_dense = inference.predict_map(model, box.n_igm, box.n_src, engine="dense",
+                                   progress=False)
+  by_voxel = inference.predict_map(model, box.n_igm, box.n_src, engine="per_voxel",
+                                   progress=False)
+  np.testing.assert_allclose(by_dense, by_voxel, atol=1e-5, rtol=0)
+  assert metrics["r2"] == pytest.approx(
+      1 - np.mean((by_dense - box.x_hii) ** 2) / np.var(box.x_hii), abs=1e-4)
+
+
+def test_killed_patch_run_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(PATCH, workdir, extra_callbacks=[CrashAtEpoch(2)])
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1]
+  training.train_and_evaluate(PATCH, workdir)
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1, 2]
+  assert os.path.exists(os.path.join(workdir, "model.keras"))

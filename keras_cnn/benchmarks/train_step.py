@@ -58,6 +58,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn.benchmarks.flops import MATMUL_N, backend_matmul as _backend_matmul
+from keras_cnn.benchmarks.flops import best_gflops as _best_gflops
+from keras_cnn.benchmarks.flops import model_flops
+from keras_cnn.benchmarks.flops import numpy_matmul_gflops as _numpy_matmul_gflops
+
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_bfloat16")
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -67,7 +72,6 @@ XLA_PRESETS = {
     "onednn_conv": "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
     "onednn": "--xla_cpu_use_onednn=true",
 }
-MATMUL_N = 4096
 
 # The levers measured by default, per backend (one factor at a time around the default).
 DEFAULT_SETTINGS = {
@@ -143,49 +147,6 @@ def parse_setting(text: str, batch: int, threads: int) -> Setting:
   return setting
 
 
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def _same_padding_taps(size: int, kernel: int, stride: int):
-  """(useful taps summed over outputs, outputs) along one axis of a Keras 'same' conv."""
-  out = -(-size // stride)
-  pad_before = max((out - 1) * stride + kernel - size, 0) // 2
-  useful = 0
-  for i in range(out):
-    start = i * stride - pad_before
-    useful += max(0, min(size, start + kernel) - max(0, start))
-  return useful, out
-
-
-def model_flops(radius: int, filters: int, kernel_size: int = 5, stride_conv: int = 1,
-                kernel_pooling: int = 2, dense_units: Sequence[int] = (256, 128, 64, 32, 16),
-                tail_units: Sequence[int] = (8, 4)) -> Dict[str, float]:
-  """Analytic FLOPs per example of the two-branch network (conv + dense layers).
-
-  Returns:
-    dict with `forward` (in-bounds taps only), `forward_nominal` (every tap, as if the
-    zero padding were multiplied too), and `train`/`train_nominal` = 3 x forward.
-  """
-  side = 2 * radius + 1
-  useful = nominal = 0.0
-  c_in = 1
-  for _ in range(3):
-    taps, out = _same_padding_taps(side, kernel_size, stride_conv)
-    useful += 2.0 * c_in * filters * taps ** 3
-    nominal += 2.0 * c_in * filters * (out * kernel_size) ** 3
-    side = out // kernel_pooling
-    c_in = filters
-  useful *= 2  # two branches
-  nominal *= 2
-  width = 2 * filters * side ** 3
-  dense = 0.0
-  for units in tuple(dense_units) + tuple(tail_units) + (1,):
-    dense += 2.0 * width * units
-    width = units
-  return {"forward": useful + dense, "forward_nominal": nominal + dense,
-          "train": 3 * (useful + dense), "train_nominal": 3 * (nominal + dense)}
-
-
 # ------------------------------------------------------------------- worker processes
 
 
@@ -208,24 +169,6 @@ def _time_steps(step, warmup: int, steps: int) -> Dict[str, float]:
   # cpu_util: cores this process kept busy while timed (< threads when others share them).
   return {"step_s": times, "median_step_s": statistics.median(times), "warmup_s": warm_s,
           "cpu_util": sum(cpu) / sum(times)}
-
-
-def _best_gflops(matmul, reps: int = 3) -> float:
-  matmul()
-  best = math.inf
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    matmul()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * MATMUL_N ** 3 / best / 1e9
-
-
-def _numpy_matmul_gflops() -> float:
-  import numpy as np
-  rng = np.random.default_rng(0)
-  a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-  b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-  return _best_gflops(lambda: a @ b)
 
 
 def _random_batch(radius: int, batch: int, channels_first: bool = False):
@@ -345,26 +288,6 @@ def _model_variant(model, channels_first: bool, pool_float32: bool):
     inputs = {name: keras.Input(shape=(1,) + tuple(tensor.shape[1:4]), name=name)
               for name, tensor in model.input.items()}
   return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-
-
-def _backend_matmul(backend: str):
-  """A float32 matmul in the worker's own framework, blocking until done."""
-  import numpy as np
-  rng = np.random.default_rng(1)
-  a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-  b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-  if backend == "tensorflow":
-    import tensorflow as tf
-    a, b = tf.constant(a), tf.constant(b)
-    return lambda: tf.linalg.matmul(a, b).numpy()
-  if backend == "jax":
-    import jax
-    a, b = jax.device_put(a), jax.device_put(b)
-    f = jax.jit(lambda u, v: u @ v)
-    return lambda: f(a, b).block_until_ready()
-  import torch
-  a, b = torch.from_numpy(a), torch.from_numpy(b)
-  return lambda: torch.mm(a, b)
 
 
 def _keras_worker(spec: dict) -> dict:

@@ -1,0 +1,168 @@
+"""Prediction speed: the dense engine against the per-voxel engine, on the same 'valid' model.
+
+  python -m keras_cnn.benchmarks.predict                       # both networks, 128^3 + 256^3
+  python -m keras_cnn.benchmarks.predict --networks=default --full_boxes=
+
+Prints one JSON object per (network, engine) with the keys `network` ("default": the
+CPU preset's sizes with 'valid' padding; "week2_valid": r=24, k5, 128 filters,
+pooling 2, 'valid'), `engine` ("dense" or "per_voxel"), `voxels_per_s`,
+`flops_per_voxel` (`keras_cnn.benchmarks.flops`), `matmul_fraction` (useful FLOP/s
+over a float32 4096^2 matmul's FLOP/s, measured in the same run; the dense engine's
+halo work is not counted as useful) and, on the dense lines, `speedup` over the
+per-voxel line of the same network. Then one line per full box (`full_box`: side)
+with the default network through the dense engine, run in its own process:
+`wall_s`, `peak_rss_mb`, `fields_mb` (the two input fields) and
+`rss_over_fields_plus_2gb` (peak RSS / (3 x fields + 2 GB); <= 1 is the target).
+
+Weights are random (speed does not depend on them); the per-voxel rate is measured on a
+sample of voxels with their crops already cut (the engine's best case); the dense rate
+on a whole random box through `keras_cnn.inference.predict_volume_dense`, after one
+untimed call that traces and warms up.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+NETWORKS = {
+    "default": dict(radius=16, kernel_size=3, filters=16, stride_conv=2, kernel_pooling=1),
+    "week2_valid": dict(radius=24, kernel_size=5, filters=128, stride_conv=1,
+                        kernel_pooling=2),
+}
+# Box side for the dense rate, voxels and batch for the per-voxel rate, per network.
+DENSE_BOX = {"default": 96, "week2_valid": 32}
+PER_VOXEL_SAMPLE = {"default": (512, 64), "week2_valid": (8, 4)}
+
+
+def define_flags() -> None:
+  flags.DEFINE_list("networks", list(NETWORKS), f"Networks to measure, of {list(NETWORKS)}.")
+  flags.DEFINE_list("full_boxes", ["128", "256"],
+                    "Sides of the full boxes painted with the default network (own process "
+                    "each, for its peak RSS); empty for none.")
+  flags.DEFINE_float("memory_budget_gb", 1.5, "Dense engine memory budget (tile size).")
+  flags.DEFINE_float("week2_memory_budget_gb", 4.0,
+                     "Dense engine memory budget for week2_valid (128 filters).")
+  flags.DEFINE_integer("full_box_child", 0, "Internal: paint one box of this side and exit.")
+
+
+def _config(network: str):
+  from keras_cnn.model import ModelConfig
+  return ModelConfig(padding="valid", **NETWORKS[network])
+
+
+def _random_fields(side: int, seed: int = 0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  n_igm = rng.lognormal(0.0, 0.5, (side,) * 3).astype(np.float32) - 1.0
+  n_src = (rng.random((side,) * 3, dtype=np.float32) < 0.01).astype(np.float32)
+  return n_igm, n_src
+
+
+def _dense_rate(model, side: int, budget: float) -> float:
+  from keras_cnn import dense
+  from keras_cnn import inference
+
+  twin = dense.DenseTwin(model)
+  n_igm, n_src = _random_fields(side)
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
+                                 progress=False, twin=twin)
+  t0 = time.perf_counter()
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
+                                 progress=False, twin=twin)
+  return side ** 3 / (time.perf_counter() - t0)
+
+
+def _per_voxel_rate(model, radius: int, count: int, batch: int) -> float:
+  import numpy as np
+
+  from keras_cnn import pipeline
+
+  n_igm, n_src = _random_fields(64)
+  centres = np.random.default_rng(0).integers(0, 64, size=(count, 3))
+  igm, src = pipeline.periodic_crops([n_igm, n_src], centres, radius)
+  batches = [{"n_igm": igm[i:i + batch, ..., None], "n_src": src[i:i + batch, ..., None]}
+             for i in range(0, count, batch)]
+  model.predict_on_batch(batches[0])
+  t0 = time.perf_counter()
+  for inputs in batches:
+    model.predict_on_batch(inputs)
+  return count / (time.perf_counter() - t0)
+
+
+def _full_box(side: int, budget: float) -> dict:
+  """Paints one random box of `side`^3 with the default network (in a child process)."""
+  from keras_cnn import inference
+  from keras_cnn.model import build_model
+
+  model = build_model(_config("default"))
+  n_igm, n_src = _random_fields(side)
+  t0 = time.perf_counter()
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
+                                 progress=False)
+  wall = time.perf_counter() - t0
+  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  fields_mb = (n_igm.nbytes + n_src.nbytes) / 2 ** 20
+  return {"full_box": side, "network": "default", "engine": "dense",
+          "memory_budget_gb": budget, "wall_s": round(wall, 2),
+          "voxels_per_s": round(side ** 3 / wall), "peak_rss_mb": round(peak_mb),
+          "fields_mb": round(fields_mb),
+          "rss_over_fields_plus_2gb": round(peak_mb / (3 * fields_mb + 2048), 3)}
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.full_box_child:
+    print(json.dumps(_full_box(FLAGS.full_box_child, FLAGS.memory_budget_gb)), flush=True)
+    return
+  unknown = sorted(set(FLAGS.networks) - set(NETWORKS))
+  if unknown:
+    raise app.UsageError(f"--networks: unknown {unknown}; choose from {list(NETWORKS)}")
+  import keras
+
+  from keras_cnn.benchmarks import flops
+  from keras_cnn.model import build_model
+
+  backend = keras.backend.backend()
+  matmul_gflops = flops.best_gflops(flops.backend_matmul(backend))
+  for network in FLAGS.networks:
+    config = _config(network)
+    model = build_model(config)
+    count, batch = PER_VOXEL_SAMPLE[network]
+    per_voxel = _per_voxel_rate(model, config.radius, count, batch)
+    budget = FLAGS.week2_memory_budget_gb if network == "week2_valid" else FLAGS.memory_budget_gb
+    dense_rate = _dense_rate(model, DENSE_BOX[network], budget)
+    for engine, rate, work in (("per_voxel", per_voxel, flops.per_voxel_flops(config)),
+                               ("dense", dense_rate, flops.dense_flops_per_voxel(config))):
+      line = {"network": network, "engine": engine, "backend": backend,
+              "voxels_per_s": round(rate, 2), "flops_per_voxel": work,
+              "matmul_gflops": round(matmul_gflops, 1),
+              "matmul_fraction": round(work * rate / (matmul_gflops * 1e9), 4)}
+      if engine == "dense":
+        line.update(speedup=round(dense_rate / per_voxel, 1), box=DENSE_BOX[network],
+                    memory_budget_gb=budget)
+      print(json.dumps(line), flush=True)
+  for side in FLAGS.full_boxes:
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_cnn.benchmarks.predict", f"--full_box_child={side}",
+         f"--memory_budget_gb={FLAGS.memory_budget_gb}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+      print(json.dumps({"full_box": int(side), "error": proc.stderr[-2000:]}), flush=True)
+    else:
+      print(lines[-1], flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
