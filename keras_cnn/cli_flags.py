@@ -3,8 +3,10 @@
 Entry points call the `define_*` functions they need at import (absl's convention,
 so `--help` lists them) and read flag values only inside `main`. Each function is
 idempotent, so several entry points can be imported in one process (tests do).
-Flag defaults are the CPU default preset (`flags/default.flags` repeats them with
-comments); `flags/week2.flags` is the original GPU-sized network.
+Flag defaults come from the config dataclasses (`ModelConfig`, `DataConfig`,
+`TrainConfig`), which hold the CPU default preset; `flags/default.flags` repeats them
+with comments (a test keeps the two equal) and `flags/week2.flags` is the original
+GPU-sized network.
 """
 
 import math
@@ -15,6 +17,7 @@ from absl import flags
 from keras_cnn import model as model_lib
 
 FLAGS = flags.FLAGS
+_MODEL = model_lib.ModelConfig()  # the defaults of every model flag
 
 BACKEND_SETTINGS = ("auto", "on", "off")
 
@@ -33,22 +36,22 @@ def define_model_flags() -> None:
   """Network sizes (`keras_cnn.model.ModelConfig`)."""
   if not _once("radius"):
     return
-  flags.DEFINE_integer("radius", 16, "Crop radius r in cells; crops are (2r+1)^3 "
+  flags.DEFINE_integer("radius", _MODEL.radius, "Crop radius r in cells; crops are (2r+1)^3 "
                        "(0: the centre voxel only, with --kernel_pooling=1).")
-  flags.DEFINE_integer("kernel_size", 3, "Conv3D kernel side (odd).")
-  flags.DEFINE_integer("filters", 16, "Conv3D filters in every block of both branches.")
-  flags.DEFINE_integer("stride_conv", 2, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
-  flags.DEFINE_integer("kernel_pooling", 1,
+  flags.DEFINE_integer("kernel_size", _MODEL.kernel_size, "Conv3D kernel side (odd).")
+  flags.DEFINE_integer("filters", _MODEL.filters, "Conv3D filters in every block of both branches.")
+  flags.DEFINE_integer("stride_conv", _MODEL.stride_conv, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
+  flags.DEFINE_integer("kernel_pooling", _MODEL.kernel_pooling,
                        "AveragePooling3D size and stride (1 disables pooling).")
-  flags.DEFINE_float("dropout_input", 0.2, "Dropout rate of `dropout` after `flatten`.")
-  flags.DEFINE_float("dropout_hidden", 0.1, "Dropout rate of `dropout_1` .. `dropout_5`.")
-  flags.DEFINE_list("dense_units", ["256", "128", "64", "32", "16"],
+  flags.DEFINE_float("dropout_input", _MODEL.dropout_input, "Dropout rate of `dropout` after `flatten`.")
+  flags.DEFINE_float("dropout_hidden", _MODEL.dropout_hidden, "Dropout rate of `dropout_1` .. `dropout_5`.")
+  flags.DEFINE_list("dense_units", [str(u) for u in _MODEL.dense_units],
                     "Widths of dense .. dense_4.")
-  flags.DEFINE_list("tail_units", ["8", "4"], "Widths of dense_5, dense_6.")
-  flags.DEFINE_float("leaky_relu_slope", 0.01, "LeakyReLU negative slope (torch default).")
-  flags.DEFINE_enum("source_transform", "log1p", list(model_lib.SOURCE_TRANSFORMS),
+  flags.DEFINE_list("tail_units", [str(u) for u in _MODEL.tail_units], "Widths of dense_5, dense_6.")
+  flags.DEFINE_float("leaky_relu_slope", _MODEL.leaky_relu_slope, "LeakyReLU negative slope (torch default).")
+  flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
-  flags.DEFINE_enum("padding", "same", list(model_lib.PADDINGS),
+  flags.DEFINE_enum("padding", _MODEL.padding, list(model_lib.PADDINGS),
                     "Conv3D padding. 'valid' makes the network translation-equivariant: "
                     "predict/evaluate then paint whole tiles per pass (the dense engine) "
                     "and training can use patches (--train_unit=patch).")
@@ -71,17 +74,22 @@ def define_data_flags() -> None:
   """Where snapshots come from: a folder of .npy files, a TFDS name, or the simulator."""
   if not _once("data_dir"):
     return
+  from keras_cnn import training  # the defaults of the data and training flags
+
+  data, train = training.DataConfig(), training.TrainConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   flags.DEFINE_float("redshift", None, "Snapshot redshift in --data_dir (needed if several).")
-  flags.DEFINE_string("dataset", "synthetic",
+  flags.DEFINE_string("dataset", data.dataset,
                       "'synthetic' (the built-in simulator; independent realizations per "
                       "split) or a TFDS name such as reionization_boxes/synthetic_64.")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: TFDS's own).")
-  flags.DEFINE_integer("n_cells", 64, "Synthetic box side in cells.")
-  flags.DEFINE_float("mean_xhii", 0.5, "Synthetic boxes' mean ionized fraction.")
-  flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic realizations.")
-  flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
+  flags.DEFINE_integer("n_cells", data.n_cells, "Synthetic box side in cells.")
+  flags.DEFINE_float("mean_xhii", data.mean_xhii, "Synthetic boxes' mean ionized fraction.")
+  flags.DEFINE_integer("data_seed", data.data_seed, "Seed of the synthetic realizations.")
+  flags.DEFINE_integer("batch_size", None,
+                       "Examples per batch (default: train 4 patches or 64 crops, evaluate "
+                       "and predict 256 crops on the per-voxel engine).")
   _positive("n_cells")
   _positive("batch_size")
   flags.register_validator("mean_xhii", lambda v: 0.0 < v < 1.0,
@@ -94,32 +102,35 @@ def define_train_flags() -> None:
   define_data_flags()
   if not _once("workdir"):
     return
+  from keras_cnn import training
+
+  train = training.TrainConfig()
   flags.DEFINE_string("workdir", "runs/default", "Output folder (model, metrics, logs, plots).")
-  flags.DEFINE_integer("epochs", 200, "Maximum number of epochs.")
-  flags.DEFINE_integer("steps_per_epoch", 100, "Training batches per epoch.")
-  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-  flags.DEFINE_integer("seed", 0, "Seed of weights, crop centres and augmentation.")
-  flags.DEFINE_boolean("augment", True, "Random cube symmetry (48) per training example.")
-  flags.DEFINE_integer("stratify_bins", 0,
+  flags.DEFINE_integer("epochs", train.epochs, "Maximum number of epochs.")
+  flags.DEFINE_integer("steps_per_epoch", train.steps_per_epoch, "Training batches per epoch.")
+  flags.DEFINE_float("learning_rate", train.learning_rate, "Adam learning rate.")
+  flags.DEFINE_integer("seed", train.seed, "Seed of weights, crop centres and augmentation.")
+  flags.DEFINE_boolean("augment", train.augment, "Random cube symmetry (48) per training example.")
+  flags.DEFINE_integer("stratify_bins", train.stratify_bins,
                        "If > 0, draw training centres uniformly over this many x_HII bins.")
-  flags.DEFINE_integer("validation_examples", 4096, "Fixed validation crops per epoch.")
-  flags.DEFINE_integer("test_examples", 16384, "Fixed test crops for metrics.json.")
-  flags.DEFINE_integer("patience", 6, "EarlyStopping patience in epochs (0: off).")
-  flags.DEFINE_float("time_budget_minutes", 13.5,
+  flags.DEFINE_integer("validation_examples", train.validation_examples, "Fixed validation crops per epoch.")
+  flags.DEFINE_integer("test_examples", train.test_examples, "Fixed test crops for metrics.json.")
+  flags.DEFINE_integer("patience", train.patience, "EarlyStopping patience in epochs (0: off).")
+  flags.DEFINE_float("time_budget_minutes", train.time_budget_minutes,
                      "Stop training after this wall-clock time in minutes (0: no limit).")
-  flags.DEFINE_enum("train_unit", "voxel", ["voxel", "patch"],
+  flags.DEFINE_enum("train_unit", train.train_unit, ["voxel", "patch"],
                     "voxel: one target voxel per (2r+1)^3 crop. patch: a --patch_size^3 block "
                     "of targets per example with its periodic context, trained through the "
                     "dense twin (needs --padding=valid); the saved model is the same "
                     "per-voxel network.")
-  flags.DEFINE_integer("patch_size", 16, "Target voxels per patch side (--train_unit=patch).")
-  flags.DEFINE_integer("validation_patches", 16,
+  flags.DEFINE_integer("patch_size", train.patch_size, "Target voxels per patch side (--train_unit=patch).")
+  flags.DEFINE_integer("validation_patches", train.validation_patches,
                        "Fixed validation patches per epoch (--train_unit=patch).")
-  flags.DEFINE_enum("distribution", "none", ["none", "data_parallel"],
+  flags.DEFINE_enum("distribution", train.distribution, ["none", "data_parallel"],
                     "Train on every local device (see keras_cnn.distribute).")
-  flags.DEFINE_enum("jit_compile", "auto", list(BACKEND_SETTINGS),
+  flags.DEFINE_enum("jit_compile", train.jit_compile, list(BACKEND_SETTINGS),
                     "XLA compilation of the train step; auto picks the fastest per backend.")
-  flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
+  flags.DEFINE_enum("precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
                     "AVX512-BF16/AMX (2x faster, keras_cnn.benchmarks.train_step), else float32.")
   for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples",

@@ -33,6 +33,8 @@ def main(argv):
   cli_flags.require_flags("model", "out")
   from keras_cnn import inference
 
+  batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
+
   if FLAGS.history and not os.path.isfile(FLAGS.history):
     raise app.UsageError(f"--history={FLAGS.history}: no such file")
   cli_flags.check_output_path(FLAGS.out, is_dir=True)
@@ -44,7 +46,7 @@ def main(argv):
   snapshots = cli_flags.load_box_from_flags(radius=inference.model_radius(model),
                                             require_target=True)
   metrics = inference.evaluate_model(
-      model, snapshots, FLAGS.out, batch_size=FLAGS.batch_size,
+      model, snapshots, FLAGS.out, batch_size=batch_size,
       max_full_voxels=FLAGS.max_full_voxels, num_examples=FLAGS.num_examples,
       seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,
       history_csv=FLAGS.history or inference.history_beside(FLAGS.model),

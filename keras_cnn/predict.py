@@ -33,6 +33,8 @@ def main(argv):
   cli_flags.require_flags("model", "out")
   from keras_cnn import inference
 
+  batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
+
   cli_flags.check_output_path(FLAGS.out, is_dir=False)
   model = cli_flags.load_model_or_exit(FLAGS.model)
   radius = inference.model_radius(model)
@@ -50,7 +52,7 @@ def main(argv):
   logging.info("Predicting x-planes [%d, %d) of %s, shape %s, with r=%d, engine %s.", start,
                stop, snapshot.name, snapshot.shape, radius, engine)
   x_hii = inference.predict_map(model, snapshot.n_igm, snapshot.n_src, engine=engine,
-                                x_start=start, x_stop=stop, batch_size=FLAGS.batch_size,
+                                x_start=start, x_stop=stop, batch_size=batch_size,
                                 memory_budget_gb=FLAGS.memory_budget_gb,
                                 progress=FLAGS.progress)
   inference.save_array(x_hii, FLAGS.out)

@@ -47,8 +47,8 @@ class TrainConfig:
 
   model: model_lib.ModelConfig = model_lib.ModelConfig()
   data: DataConfig = DataConfig()
-  batch_size: int = 64
-  epochs: int = 30
+  batch_size: int = 4  # patches of patch_size^3 target voxels (see DEFAULT_BATCH_SIZE)
+  epochs: int = 200
   steps_per_epoch: int = 100
   learning_rate: float = 1e-3
   seed: int = 0
@@ -57,8 +57,8 @@ class TrainConfig:
   validation_examples: int = 4096
   test_examples: int = 16384
   patience: int = 6
-  time_budget_minutes: float = 0.0
-  train_unit: str = "voxel"
+  time_budget_minutes: float = 13.5
+  train_unit: str = "patch"
   patch_size: int = 16
   validation_patches: int = 16
   distribution: str = "none"
@@ -67,6 +67,7 @@ class TrainConfig:
 
 
 TRAIN_UNITS = ("voxel", "patch")
+DEFAULT_BATCH_SIZE = {"patch": 4, "voxel": 64}  # patches, or crops, per batch
 
 
 class SaveBest(keras.callbacks.Callback):

@@ -134,8 +134,10 @@ def test_fold_and_unfold_are_inverse():
 
 
 def test_engine_choice_follows_padding():
-  same = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, kernel_pooling=1))
-  valid = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, kernel_pooling=1,
+  same = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
+                                 kernel_pooling=1, padding="same"))
+  valid = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
+                                  kernel_pooling=1,
                                   padding="valid"))
   assert inference.resolve_engine(same) == "per_voxel"
   assert inference.resolve_engine(valid) == "dense"

@@ -21,7 +21,8 @@ GLOBAL_BATCH = 8
 
 def _tiny_config():
   from keras_cnn.model import ModelConfig
-  return ModelConfig(radius=4, kernel_size=3, filters=4, dropout_input=0.0,
+  return ModelConfig(radius=4, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=2,
+                     padding="same", dropout_input=0.0,
                      dropout_hidden=0.0, dense_units=(8, 8, 8, 8, 8), tail_units=(4, 2))
 
 

@@ -16,7 +16,8 @@ from keras_cnn import plots
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
 
-TINY = ModelConfig(radius=2, kernel_size=3, filters=2, kernel_pooling=1)
+TINY = ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                   padding="same")
 SHAPE = (10, 9, 8)
 REDSHIFT = 8.397
 BATCH = 32

@@ -11,6 +11,7 @@ from absl.testing import flagsaver
 
 from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
+from keras_cnn import predict  # noqa: F401  (defines --memory_budget_gb)
 from keras_cnn import train
 from keras_cnn import training
 
@@ -35,20 +36,26 @@ def test_every_model_field_is_a_flag():
   assert fields <= set(flags.FLAGS)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_presets_parse_and_build(parse, preset):
-  values = parse(f"--flagfile={os.path.join(REPO, 'flags', preset)}")
-  config = cli_flags.model_config_from_flags(values)
-  model_lib.validate_config(config)
-  assert train.config_from_flags(values).model == config
+def test_default_preset_file_equals_the_defaults(parse):
+  """flags/default.flags, the flag defaults and the dataclass defaults are one preset."""
+  from_file = train.config_from_flags(parse(f"--flagfile={os.path.join(REPO, 'flags', 'default.flags')}"))
+  from_defaults = train.config_from_flags(parse())
+  assert from_file == from_defaults == training.TrainConfig()
 
 
-def test_week2_preset_is_the_original(parse):
+def test_week2_preset_builds_the_original_network(parse):
   values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'week2.flags')}")
-  config = cli_flags.model_config_from_flags(values)
-  assert (config.radius, config.kernel_size, config.filters) == (24, 5, 128)
-  assert (config.dropout_input, config.dropout_hidden) == (0.8, 0.5)
-  assert model_lib.flattened_width(config) == 55_296
+  config = train.config_from_flags(values)
+  assert config.model == model_lib.WEEK2
+  assert config.train_unit == "voxel" and config.batch_size == 32
+  assert model_lib.flattened_width(config.model) == 55_296
+  assert model_lib.build_model(config.model).count_params() == 22_427_809
+
+
+def test_default_preset_is_centred_and_trains_on_patches():
+  config = training.TrainConfig()
+  assert config.model.padding == "valid" and config.train_unit == "patch"
+  assert model_lib.receptive_offset(config.model) == 0.0
 
 
 @pytest.mark.parametrize("arg,message", [
@@ -56,7 +63,12 @@ def test_week2_preset_is_the_original(parse):
     ("--radius=-1", "--radius must be >= 0"),
     ("--dropout_input=1.0", "--dropout_input must be in [0, 1)"),
     ("--dense_units=8,8", "--dense_units needs 5 positive integers"),
-    ("--learning_rate=0", "--learning_rate must be > 0"),
+    ("--learning_rate=0", "--learning_rate must be a finite number > 0"),
+    ("--learning_rate=inf", "--learning_rate must be a finite number > 0"),
+    ("--seed=-1", "--seed must be >= 0"),
+    ("--stratify_bins=-2", "--stratify_bins must be >= 0"),
+    ("--time_budget_minutes=nan", "--time_budget_minutes must be a finite number >= 0"),
+    ("--memory_budget_gb=0", "--memory_budget_gb must be a finite number > 0"),
 ])
 def test_bad_flag_values_are_rejected(parse, arg, message):
   with pytest.raises(flags.IllegalFlagValueError, match=message.replace("[", r"\[").replace(

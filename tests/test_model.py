@@ -29,7 +29,7 @@ EXPECTED_NAMES = (
 
 @pytest.fixture(scope="module")
 def week2():
-  return build_model(ModelConfig())
+  return build_model(model_lib.WEEK2)
 
 
 def test_week2_layer_counts(week2):
@@ -50,7 +50,7 @@ def test_week2_names_and_sizes(week2):
   missing = [n for n in EXPECTED_NAMES if n not in names]
   assert not missing
   assert week2.get_layer("flatten").output.shape[-1] == WEEK2_FLATTEN
-  assert model_lib.flattened_width(ModelConfig()) == WEEK2_FLATTEN
+  assert model_lib.flattened_width(model_lib.WEEK2) == WEEK2_FLATTEN
   assert week2.get_layer("dense").kernel.shape == (WEEK2_FLATTEN, 256)
   assert week2.count_params() == WEEK2_PARAMS
   assert week2.get_layer("dense_7").activation.__name__ == "sigmoid"
@@ -90,7 +90,7 @@ SHAPE_CASES = [
 @pytest.mark.parametrize("radius,kernel,filters,stride,pool,width", SHAPE_CASES)
 def test_output_shapes(radius, kernel, filters, stride, pool, width):
   config = ModelConfig(radius=radius, kernel_size=kernel, filters=filters,
-                       stride_conv=stride, kernel_pooling=pool)
+                       stride_conv=stride, kernel_pooling=pool, padding="same")
   model = build_model(config)
   side = 2 * radius + 1
   for name in ("n_igm", "n_src"):
@@ -125,7 +125,8 @@ def _tiny_inputs(side, seed=0, batch=3):
 
 
 def test_normalization_travels_in_the_saved_file(tmp_path):
-  config = ModelConfig(radius=3, kernel_size=3, filters=4, kernel_pooling=1)
+  config = ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=1,
+                       padding="same")
   model = build_model(config, n_igm_stats=(0.2, 4.0), n_src_stats=(0.1, 0.5))
   path = tmp_path / "m.keras"
   model.save(path)
@@ -154,7 +155,7 @@ x = dict(np.load(inputs))
 backend = keras.backend.backend()
 np.save(f"{workdir}/from_tensorflow_on_{backend}.npy",
         keras.saving.load_model(tf_model, safe_mode=True).predict(x, verbose=0))
-own = m.build_model(m.ModelConfig(radius=3, kernel_size=3, filters=4, kernel_pooling=1),
+own = m.build_model(m.ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=1, padding='same'),
                     n_igm_stats=(0.5, 2.0), n_src_stats=(0.3, 1.5))
 own.save(f"{workdir}/{backend}.keras")
 np.save(f"{workdir}/{backend}_on_{backend}.npy", own.predict(x, verbose=0))
@@ -168,7 +169,8 @@ def test_saved_model_is_shared_across_backends(tmp_path, backend):
   assert keras.backend.backend() == "tensorflow"
   x = _tiny_inputs(7, seed=1)
   np.savez(tmp_path / "x.npz", **x)
-  model = build_model(ModelConfig(radius=3, kernel_size=3, filters=4, kernel_pooling=1),
+  model = build_model(ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1,
+                                  kernel_pooling=1, padding="same"),
                       n_igm_stats=(0.5, 2.0), n_src_stats=(0.3, 1.5))
   model.save(tmp_path / "tensorflow.keras")
   subprocess.run([sys.executable, "-c", _CROSS_SCRIPT, str(tmp_path / "tensorflow.keras"),

@@ -289,7 +289,8 @@ def test_make_dataset_errors(kwargs, message):
 @pytest.mark.backend
 def test_fit_and_predict_on_pipeline_new_centres_each_epoch():
   radius = 4
-  config = model_lib.ModelConfig(radius=radius, kernel_size=3, filters=2,
+  config = model_lib.ModelConfig(radius=radius, kernel_size=3, filters=2, stride_conv=1,
+                                 kernel_pooling=2, padding="same",
                                  dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4))
   shape = (16, 12, 10)
   fields = [triple(shape)]

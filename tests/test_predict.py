@@ -17,7 +17,8 @@ from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ModelConfig(radius=2, kernel_size=3, filters=2, kernel_pooling=1)
+TINY = ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                   padding="same")
 SHAPE = (10, 9, 8)  # non-cubic: every axis wraps with its own period
 REDSHIFT = 8.397
 BATCH = 32  # not a divisor of a plane (72 voxels): padded batches are exercised

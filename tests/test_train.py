@@ -13,11 +13,12 @@ from keras_cnn import training
 from keras_cnn.model import ModelConfig
 
 TINY = training.TrainConfig(
-    model=ModelConfig(radius=2, kernel_size=3, filters=2, kernel_pooling=1,
+    model=ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                      padding="same",
                       dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4)),
     data=training.DataConfig(n_cells=16),
     batch_size=8, epochs=3, steps_per_epoch=3, validation_examples=32, test_examples=64,
-    patience=0)
+    patience=0, time_budget_minutes=0, train_unit="voxel")
 
 ARTIFACTS = ("model.keras", "metrics.json", "history.csv", "flags.txt", "history.png",
              "pred_vs_true.png")
@@ -92,7 +93,8 @@ def test_main_prints_the_test_metrics(tmp_path, capsys):
   from absl import flags
   from keras_cnn import train
   flags.FLAGS(["train", f"--workdir={tmp_path}", "--n_cells=16", "--radius=2",
-               "--kernel_size=3", "--filters=2", "--kernel_pooling=1", "--epochs=1",
+               "--kernel_size=3", "--filters=2", "--kernel_pooling=1", "--stride_conv=1",
+               "--padding=same", "--train_unit=voxel", "--epochs=1",
                "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
                "--test_examples=16"])
   try:
