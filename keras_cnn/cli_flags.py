@@ -126,6 +126,11 @@ def define_train_flags() -> None:
   flags.DEFINE_integer("patch_size", train.patch_size, "Target voxels per patch side (--train_unit=patch).")
   flags.DEFINE_integer("validation_patches", train.validation_patches,
                        "Fixed validation patches per epoch (--train_unit=patch).")
+  flags.DEFINE_enum("loss", train.loss, sorted(training.LOSSES),
+                    "mse, or bce: binary cross-entropy on x_HII in [0, 1].")
+  flags.DEFINE_enum("lr_schedule", train.lr_schedule, list(training.LR_SCHEDULES),
+                    "plateau: halve the learning rate when val_loss stalls. cosine: decay "
+                    "it to 0 over --time_budget_minutes (or over all epochs if no budget).")
   flags.DEFINE_enum("distribution", train.distribution, ["none", "data_parallel"],
                     "Train on every local device (see keras_cnn.distribute).")
   flags.DEFINE_enum("jit_compile", train.jit_compile, list(BACKEND_SETTINGS),

@@ -36,7 +36,8 @@ def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
       test_examples=flag_values.test_examples, patience=flag_values.patience,
       time_budget_minutes=flag_values.time_budget_minutes,
       train_unit=flag_values.train_unit, patch_size=flag_values.patch_size,
-      validation_patches=flag_values.validation_patches,
+      validation_patches=flag_values.validation_patches, loss=flag_values.loss,
+      lr_schedule=flag_values.lr_schedule,
       distribution=flag_values.distribution, jit_compile=flag_values.jit_compile,
       precision=flag_values.precision)
 

@@ -59,6 +59,8 @@ class TrainConfig:
   patience: int = 6
   time_budget_minutes: float = 13.5
   train_unit: str = "patch"
+  loss: str = "mse"
+  lr_schedule: str = "plateau"
   patch_size: int = 16
   validation_patches: int = 16
   distribution: str = "none"
@@ -67,6 +69,8 @@ class TrainConfig:
 
 
 TRAIN_UNITS = ("voxel", "patch")
+LOSSES = {"mse": "mean_squared_error", "bce": "binary_crossentropy"}
+LR_SCHEDULES = ("plateau", "cosine")
 DEFAULT_BATCH_SIZE = {"patch": 4, "voxel": 64}  # patches, or crops, per batch
 
 
@@ -125,11 +129,43 @@ def resolve_precision(setting: str) -> str:
   return distribute.default_precision()
 
 
-def compile_model(model: keras.Model, learning_rate: float, jit_compile) -> None:
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                loss="mse",
-                metrics=[keras.metrics.R2Score(name="r2")],
-                jit_compile=jit_compile)
+def compile_model(model: keras.Model, learning_rate: float, jit_compile,
+                  loss: str = "mse") -> None:
+  """Adam with `loss` ('mse', or 'bce': binary cross-entropy on x_HII in [0, 1])."""
+  if loss not in LOSSES:
+    raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {loss!r}")
+  metrics = [keras.metrics.R2Score(name="r2")]
+  if loss != "mse":
+    metrics.append(keras.metrics.MeanSquaredError(name="mse"))
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss],
+                metrics=metrics, jit_compile=jit_compile)
+
+
+class CosineSchedule(keras.callbacks.Callback):
+  """Cosine decay of the learning rate to zero over the run: over the wall-clock budget
+  when there is one (the step count it allows is not known in advance), else over
+  epochs x steps_per_epoch."""
+
+  def __init__(self, learning_rate: float, minutes: float, total_steps: int,
+               first_step: int = 0):
+    super().__init__()
+    self.learning_rate = learning_rate
+    self.seconds = 60.0 * minutes
+    self.total_steps = total_steps
+    self.step = first_step
+    self.start = None
+
+  def on_train_begin(self, logs=None):
+    self.start = time.monotonic()
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self.seconds:
+      fraction = (time.monotonic() - self.start) / self.seconds
+    else:
+      fraction = self.step / max(1, self.total_steps)
+    self.step += 1
+    value = 0.5 * self.learning_rate * (1.0 + np.cos(np.pi * min(1.0, fraction)))
+    self.model.optimizer.learning_rate.assign(value)
 
 
 def _callbacks(config: TrainConfig, workdir: str, history: list):
@@ -140,10 +176,15 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
       SaveBest(os.path.join(workdir, BEST_FILE), best_so_far),
       keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
       keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
-      keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                        patience=max(1, config.patience // 2), min_lr=1e-6),
       keras.callbacks.TerminateOnNaN(),
   ]
+  if config.lr_schedule == "cosine":
+    callbacks.append(CosineSchedule(config.learning_rate, config.time_budget_minutes,
+                                    config.epochs * config.steps_per_epoch,
+                                    first_step=len(history) * config.steps_per_epoch))
+  else:
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6))
   if config.patience:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
   if config.time_budget_minutes:
@@ -238,7 +279,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     distribute.check_global_batch(config.batch_size, info)
     model = model_lib.build_model(config.model, igm_stats, src_stats)
     fitted = dense.DenseTwin(model, flat_output=True) if patches else model
-    compile_model(fitted, config.learning_rate, jit_compile)
+    compile_model(fitted, config.learning_rate, jit_compile, config.loss)
   logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",
                keras.backend.backend(), info.num_replicas, precision, jit_compile,
                f"{config.patch_size}^3 patches (dense twin)" if patches else "voxels")

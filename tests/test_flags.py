@@ -86,3 +86,20 @@ def test_help_lists_every_flag():
   missing = [name for name in fields + ["workdir"]
              if f"--{name}" not in out and f"--[no]{name}" not in out]
   assert len(fields) > 30 and not missing
+
+
+def test_library_modules_define_no_flags():
+  """Only the entry points and cli_flags define flags; importing the library does not."""
+  code = """
+from absl import flags, logging
+import keras, tensorflow, tensorflow_datasets  # third-party flags are not ours
+before = set(flags.FLAGS)
+import keras_cnn.model, keras_cnn.dense, keras_cnn.pipeline, keras_cnn.inference
+import keras_cnn.training, keras_cnn.metrics, keras_cnn.plots, keras_cnn.distribute
+import keras_cnn.data.snapshot, keras_cnn.data.splits, keras_cnn.data.simulate
+print(sorted(set(flags.FLAGS) - before))
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"

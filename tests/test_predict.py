@@ -189,3 +189,29 @@ def test_missing_output_is_a_usage_error():
     flags.FLAGS(["predict", "--model=m.keras"])
     with pytest.raises(app.UsageError, match="--out must be given"):
       predict.main(["predict"])
+
+
+def test_existing_output_and_inputs_are_never_replaced(tmp_path, box):
+  model_path = str(tmp_path / "tiny.keras")
+  tiny_model().save(model_path)
+  data_dir = str(tmp_path / "box")
+  files = snapshot_lib.save_snapshot(box, data_dir)
+  existing = tmp_path / "map.npy"
+  existing.write_bytes(b"user data")
+  cases = [(str(existing), [], "already exists; pass --overwrite"),
+           (model_path, ["--overwrite"], "is one of this command's inputs"),
+           (files["rho"], ["--overwrite"], "is one of this command's inputs")]
+  for out, extra, message in cases:
+    with flagsaver.flagsaver():
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(["predict", f"--model={model_path}", f"--data_dir={data_dir}",
+                   f"--redshift={REDSHIFT}", f"--out={out}", "--noprogress", *extra])
+      with pytest.raises(app.UsageError, match=message):
+        predict.main(["predict"])
+  assert existing.read_bytes() == b"user data"
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["predict", f"--model={model_path}", f"--data_dir={data_dir}",
+                 f"--redshift={REDSHIFT}", f"--out={existing}", "--noprogress", "--overwrite"])
+    predict.main(["predict"])
+  assert np.load(existing).shape == box.shape

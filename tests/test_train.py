@@ -147,3 +147,19 @@ def test_killed_patch_run_resumes(tmp_path):
   training.train_and_evaluate(PATCH, workdir)
   assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1, 2]
   assert os.path.exists(os.path.join(workdir, "model.keras"))
+
+
+def test_cosine_schedule_decays_to_zero_over_the_steps():
+  model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+  training.compile_model(model, 0.01, False, loss="bce")
+  schedule = training.CosineSchedule(0.01, minutes=0, total_steps=4)
+  schedule.set_model(model)
+  schedule.on_train_begin()
+  rates = []
+  for step in range(5):
+    schedule.on_train_batch_begin(step)
+    rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+  np.testing.assert_allclose(rates, [0.01, 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.005,
+                                     0.01 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0], atol=1e-7)
+  with pytest.raises(ValueError, match="--loss must be one of"):
+    training.compile_model(model, 0.01, False, loss="huber")
