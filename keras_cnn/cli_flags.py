@@ -308,3 +308,29 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
       split=flag_values.split, tfds_data_dir=flag_values.tfds_data_dir,
       n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
       data_seed=flag_values.data_seed, radius=radius, require_target=require_target)
+
+
+def run(main) -> None:
+  """`app.run(main)`, with user errors as one line on stderr and exit status 2.
+
+  A `keras_cnn.errors.UserError` (bad data, folders, model files) or a usage error
+  raised in `main` is a mistake of the user, not a bug: it ends the command with its
+  message alone. Set
+  KERAS_CNN_TRACEBACK=1 to see the traceback anyway.
+  """
+  import sys
+
+  from absl import app
+
+  from keras_cnn import errors
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except (errors.UserError, app.UsageError) as error:
+      if os.environ.get("KERAS_CNN_TRACEBACK"):
+        raise
+      sys.stderr.write(f"Error: {error}\n")
+      sys.exit(2)
+
+  app.run(guarded)

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn import errors
+
 INPUT_NAMES = ("n_igm", "n_src")
 TARGET_NAME = "x_hii"
 SPLIT_NAMES = ("train", "validation", "test")
@@ -251,7 +253,7 @@ def split_regions(shape: Sequence[int], radius: int,
         f"fractions must be 3 positive numbers (train, validation, test), got {fractions}")
   usable = length - len(SPLIT_NAMES) * guard
   if usable < len(SPLIT_NAMES):
-    raise ValueError(
+    raise errors.UserError(
         f"box of {length} cells along x is too small for 3 regions with guard bands "
         f"of {guard} cells (radius {radius}): needs at least "
         f"{len(SPLIT_NAMES) * (guard + 1)} cells; use a bigger box, a smaller "
@@ -260,7 +262,7 @@ def split_regions(shape: Sequence[int], radius: int,
   sizes = [max(1, int(np.floor(usable * f / total))) for f in fractions[1:]]
   train_size = usable - sum(sizes)
   if train_size < 1:
-    raise ValueError(
+    raise errors.UserError(
         f"box of {length} cells along x leaves no training cells after validation and "
         f"test slabs of {sizes} cells and guard bands of {guard} cells")
   sizes = [train_size] + sizes
@@ -556,7 +558,7 @@ def _patch_corner_region(region, shape, radius: int, patch_size: int):
     return None  # whole periodic boxes: any corner
   start, stop = _resolve_region(region, shape, radius)
   if stop - start < patch_size:
-    raise ValueError(
+    raise errors.UserError(
         f"a region of {stop - start} x-planes ([{start}, {stop})) is narrower than "
         f"--patch_size={patch_size}: use a smaller --patch_size, a bigger box, or "
         "independent snapshots for validation and test")

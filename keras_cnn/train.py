@@ -50,9 +50,13 @@ def main(argv):
   # flags.txt works as --flagfile to rerun the same training.
   flags_text = "".join(f"{flag.serialize()}\n" for flag in FLAGS.get_flags_for_module(cli_flags)
                        if flag.serialize())
+  finished = training.is_finished(FLAGS.workdir)
   metrics = training.train_and_evaluate(config, FLAGS.workdir, flags_text=flags_text)
+  if finished:
+    print(f"{FLAGS.workdir} holds a finished run with these flags: its test metrics "
+          "follow (choose a new --workdir to train again).")
   print(json.dumps(metrics))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_flags.run(main)

@@ -2,14 +2,18 @@
 
 `train_and_evaluate(config, workdir)` is the whole job behind `python -m keras_cnn.train`;
 it reads no flags. A run killed at any point and started again with the same workdir
-resumes from the last finished epoch (`keras.callbacks.BackupAndRestore`).
+resumes from the last finished epoch (`AtomicBackup`), or, when
+fitting had ended, goes straight to scoring. The workdir's manifest and lock live in
+`keras_cnn.runs`.
 """
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Optional, Sequence
 
@@ -21,9 +25,13 @@ from keras_cnn import distribute
 from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
+from keras_cnn import runs
 
 MODEL_FILE = "model.keras"
-BEST_FILE = "best.keras"  # ModelCheckpoint's target; becomes model.keras at the end
+BEST_FILE = "best.keras"  # SaveBest's target; becomes model.keras at the end
+BACKUP_DIR = "backup"
+BACKUP_STATE = "state.json"
+FIT_DONE_FILE = "fit_done"  # written once fit has ended: a rerun goes straight to scoring
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 
@@ -93,6 +101,77 @@ class SaveBest(keras.callbacks.Callback):
       return
     self.best = float(value)
     save_for_sharing(getattr(self.model, "per_voxel", self.model), self.path)
+    runs.kill_point(f"best_saved:{epoch}")
+
+
+class AtomicBackup(keras.callbacks.Callback):
+  """The resume point: weights and optimizer state after every finished epoch.
+
+  Each epoch's weights go to a new file (written under a temporary name, then renamed),
+  and only then does `state.json` (also renamed into place) point to it, so a kill or a
+  full disk at any moment leaves the previous complete backup in force. Runs after the
+  callbacks that log the epoch: an epoch counts as done once its backup is committed.
+  """
+
+  def __init__(self, backup_dir: str):
+    super().__init__()
+    self.backup_dir = backup_dir
+
+  def on_epoch_end(self, epoch, logs=None):
+    os.makedirs(self.backup_dir, exist_ok=True)
+    name = f"epoch_{epoch + 1}.weights.h5"
+    path = os.path.join(self.backup_dir, name)
+    tmp = os.path.join(self.backup_dir, f".{os.getpid()}.tmp.weights.h5")
+    try:
+      self.model.save_weights(tmp, overwrite=True)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    runs.kill_point(f"backup_weights:{epoch}")
+    io_utils.write_text(os.path.join(self.backup_dir, BACKUP_STATE),
+                        json.dumps({"epochs_done": epoch + 1, "weights": name}) + "\n")
+    for old in os.listdir(self.backup_dir):
+      if old.endswith(".weights.h5") and old != name:
+        os.remove(os.path.join(self.backup_dir, old))
+
+
+def restore_backup(model: keras.Model, backup_dir: str) -> int:
+  """Loads the committed backup into `model` (built, compiled); returns the epochs it
+  holds (0 when there is none)."""
+  state_path = os.path.join(backup_dir, BACKUP_STATE)
+  if not os.path.exists(state_path):
+    return 0
+  with open(state_path) as stream:
+    state = json.load(stream)
+  if model.optimizer is not None and not model.optimizer.built:
+    model.optimizer.build(model.trainable_variables)
+  model.load_weights(os.path.join(backup_dir, state["weights"]))
+  return int(state["epochs_done"])
+
+
+def committed_epochs(backup_dir: str) -> int:
+  """Epochs the committed backup holds (0 when there is none)."""
+  state_path = os.path.join(backup_dir, BACKUP_STATE)
+  if not os.path.exists(state_path):
+    return 0
+  with open(state_path) as stream:
+    return int(json.load(stream)["epochs_done"])
+
+
+def truncate_history(workdir: str, epochs: int) -> list:
+  """Keeps the first `epochs` rows of history.csv (later rows belong to epochs whose
+  backup never committed: they are trained again) and returns them."""
+  rows = read_history(workdir)
+  if len(rows) > epochs:
+    path = os.path.join(workdir, HISTORY_FILE)
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[:epochs])
+    io_utils.write_text(path, stream.getvalue() if epochs else "")
+    rows = rows[:epochs]
+  return rows
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -171,10 +250,9 @@ class CosineSchedule(keras.callbacks.Callback):
 def _callbacks(config: TrainConfig, workdir: str, history: list):
   best_so_far = min((float(row["val_loss"]) for row in history), default=None)
   callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+      keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
       # On resume, only a model better than the epochs already logged replaces best.keras.
       SaveBest(os.path.join(workdir, BEST_FILE), best_so_far),
-      keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
       keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
       keras.callbacks.TerminateOnNaN(),
   ]
@@ -189,6 +267,7 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
   if config.time_budget_minutes:
     callbacks.append(TimeBudget(config.time_budget_minutes))
+  callbacks.append(AtomicBackup(os.path.join(workdir, BACKUP_DIR)))  # last: commits the epoch
   return callbacks
 
 
@@ -216,30 +295,36 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     The test metrics (also in workdir/metrics.json).
   """
 
-  metrics_path = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
-    logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
-    with open(metrics_path) as f:
-      return json.load(f)
   os.makedirs(workdir, exist_ok=True)
-  io_utils.write_text(os.path.join(workdir, "flags.txt"),
-                     flags_text if flags_text is not None else json.dumps(
-                         dataclasses.asdict(config), indent=2, default=str))
-  distribute.initialize(config.distribution)
-  keras.utils.set_random_seed(config.seed)
-  precision = resolve_precision(config.precision)
-  previous_policy = keras.config.dtype_policy()
-  keras.config.set_dtype_policy(precision)
-  try:
-    return _train(config, workdir, precision, extra_callbacks)
-  finally:
-    keras.config.set_dtype_policy(previous_policy)
+  resumed = runs.check_or_create(workdir, config)
+  with runs.WorkdirLock(workdir):
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
+      logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
+      with open(metrics_path) as f:
+        return json.load(f)
+    if not resumed:  # flags.txt works as --flagfile to rerun the same training
+      io_utils.write_text(os.path.join(workdir, "flags.txt"),
+                          flags_text if flags_text is not None else json.dumps(
+                              dataclasses.asdict(config), indent=2, default=str))
+    distribute.initialize(config.distribution)
+    keras.utils.set_random_seed(config.seed)
+    precision = resolve_precision(config.precision)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+      return _train(config, workdir, precision, extra_callbacks)
+    finally:
+      keras.config.set_dtype_policy(previous_policy)
+
+
+def is_finished(workdir: str) -> bool:
+  """True if `workdir` holds a finished run (its model and test metrics)."""
+  return all(os.path.exists(os.path.join(workdir, name)) for name in (METRICS_FILE, MODEL_FILE))
 
 
 def _train(config: TrainConfig, workdir: str, precision: str,
            extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict:
-  from keras_cnn import pipeline
-
   radius = config.model.radius
   data = config.data
   splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
@@ -250,10 +335,40 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
 
-  history = read_history(workdir)
-  start_epoch = len(history)
-  if start_epoch:
-    logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
+  best_path = os.path.join(workdir, BEST_FILE)
+  model_path = os.path.join(workdir, MODEL_FILE)
+  done_path = os.path.join(workdir, FIT_DONE_FILE)
+  if os.path.exists(done_path):
+    logging.info("%s: training finished earlier; scoring the test split.", workdir)
+  else:
+    history = truncate_history(workdir, committed_epochs(os.path.join(workdir, BACKUP_DIR)))
+    start_epoch = len(history)
+    if start_epoch:
+      logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
+    _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks,
+         igm_stats, src_stats)
+    io_utils.write_text(done_path, "fit finished; the best model is best.keras or model.keras\n")
+    shutil.rmtree(os.path.join(workdir, BACKUP_DIR), ignore_errors=True)
+    runs.kill_point("fit")
+  if os.path.exists(best_path):
+    os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
+  shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
+  metrics = evaluate_split(shared, splits["test"], radius, config.batch_size,
+                           config.test_examples, seed=config.seed + 2)
+  runs.kill_point("scoring")
+  arrays = metrics.pop("_arrays")
+  _write_plots(workdir, arrays)
+  runs.kill_point("plots")
+  io_utils.write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+  return metrics
+
+
+def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
+         precision: str, extra_callbacks, igm_stats, src_stats) -> None:
+  """Fits the model (or its dense twin, on patches) until a stopping rule fires."""
+  from keras_cnn import pipeline
+
+  radius = config.model.radius
   patches = config.train_unit == "patch"
   if patches:
     train_ds = pipeline.make_patch_dataset(
@@ -288,22 +403,15 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     logging.warning("The receptive field is off-centre by %.1f cells per axis (sizes floor "
                     "away rows); centred sizes keep the 48 cube symmetries exact.", offset)
   model.summary(print_fn=logging.info)
+  restored = restore_backup(fitted, os.path.join(workdir, BACKUP_DIR))
+  if restored != start_epoch:
+    raise RuntimeError(f"backup holds {restored} epochs but history.csv {start_epoch}")
   with distribute.synchronized_batch_norm(model, info):
-    fitted.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-              validation_data=val_ds,
-              callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
-              verbose=1, shuffle=False)
-
-  best_path = os.path.join(workdir, BEST_FILE)
-  model_path = os.path.join(workdir, MODEL_FILE)
-  os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
-  shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
-  metrics = evaluate_split(shared, splits["test"], radius, config.batch_size,
-                           config.test_examples, seed=config.seed + 2)
-  arrays = metrics.pop("_arrays")
-  _write_plots(workdir, arrays)
-  io_utils.write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
-  return metrics
+    fitted.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch,
+               steps_per_epoch=config.steps_per_epoch,
+               validation_data=val_ds,
+               callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
+               verbose=1, shuffle=False)
 
 
 def save_for_sharing(model: keras.Model, path: str) -> None:
@@ -312,7 +420,7 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
   A model trained under mixed_bfloat16 keeps float32 variables; its shared file runs in
   float32 so it loads under torch too (no bfloat16 average pooling on CPU there).
 
-  Resuming uses BackupAndRestore's own files, so the shared file needs no optimizer.
+  Resuming uses the backup (`AtomicBackup`), so the shared file needs no optimizer.
   Written to a temporary file first: `path` is either complete or absent.
   """
   config = model.get_config()

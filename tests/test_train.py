@@ -163,3 +163,66 @@ def test_cosine_schedule_decays_to_zero_over_the_steps():
                                      0.01 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0], atol=1e-7)
   with pytest.raises(ValueError, match="--loss must be one of"):
     training.compile_model(model, 0.01, False, loss="huber")
+
+
+def test_foreign_or_changed_workdirs_are_refused(tmp_path):
+  from keras_cnn import errors
+
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "flags.txt").write_text("the user's own notes")
+  with pytest.raises(errors.UserError, match="holds files keras_cnn did not write"):
+    training.train_and_evaluate(TINY, str(foreign))
+  assert (foreign / "flags.txt").read_text() == "the user's own notes"
+  assert sorted(os.listdir(foreign)) == ["flags.txt"]
+
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(TINY, workdir, extra_callbacks=[CrashAtEpoch(1)])
+  flags_before = open(os.path.join(workdir, "flags.txt")).read()
+  changed = dataclasses.replace(TINY, learning_rate=0.01,
+                                model=dataclasses.replace(TINY.model, filters=3))
+  with pytest.raises(errors.UserError, match=r"--filters, --learning_rate differ"):
+    training.train_and_evaluate(changed, workdir)
+  assert open(os.path.join(workdir, "flags.txt")).read() == flags_before
+  longer = dataclasses.replace(TINY, epochs=4)  # harmless: the same run, trained longer
+  training.train_and_evaluate(longer, workdir)
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1, 2, 3]
+
+
+def test_a_second_process_is_locked_out(tmp_path):
+  from keras_cnn import errors
+  from keras_cnn import runs
+
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  runs.check_or_create(workdir, TINY)
+  with open(os.path.join(workdir, runs.LOCK_FILE), "w") as stream:
+    stream.write(str(os.getppid()))  # a live process that is not this one
+  with pytest.raises(errors.UserError, match=r"another keras_cnn process \(pid"):
+    training.train_and_evaluate(TINY, workdir)
+
+
+@pytest.mark.parametrize("step", ["best_saved:0", "backup_weights:0", "backup_weights:1",
+                                  "fit", "scoring", "plots"])
+def test_killed_at_any_step_the_same_command_finishes(tmp_path, step):
+  """kill -9 right after `step` (KERAS_CNN_KILL_AFTER), then the same command again."""
+  import subprocess
+  import sys
+
+  workdir = str(tmp_path / "run")
+  command = [sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}",
+             "--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2",
+             "--kernel_pooling=1", "--stride_conv=1", "--padding=same", "--train_unit=voxel",
+             "--epochs=2", "--steps_per_epoch=2", "--batch_size=8",
+             "--validation_examples=16", "--test_examples=16", "--time_budget_minutes=0"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**env, "KERAS_CNN_KILL_AFTER": step})
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert json.loads(again.stdout.strip().splitlines()[-1])["num_voxels"] == 16
+  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1]
+  leftovers = [n for n in os.listdir(workdir) if n.endswith(".tmp") or "tmp." in n]
+  assert not leftovers and not os.path.exists(os.path.join(workdir, "best.keras"))

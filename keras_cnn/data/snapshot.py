@@ -19,12 +19,14 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from keras_cnn import errors
+
 # Field name -> file prefix (the original C2-Ray naming).
 FILE_PREFIXES = {"rho": "rho", "n_src": "nsrc", "x_hii": "xHII"}
 _FILE_PATTERN = re.compile(r"^(rho|nsrc|xHII)_z(\d+(?:\.\d+)?)\.npy$")
 
 
-class SnapshotError(ValueError):
+class SnapshotError(errors.UserError):
   """A snapshot that cannot be used; the message names file, field and problem."""
 
 

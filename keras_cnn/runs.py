@@ -1,0 +1,153 @@
+"""A training workdir's identity: a manifest of the flags that define the run, and a lock.
+
+The manifest (`keras_cnn_run.json`) marks a folder as one keras_cnn wrote. A folder
+with files but no manifest is the user's and is never written into. A rerun whose
+defining settings differ from the manifest's is refused with the names of the flags
+that differ. A lock file keeps a second process out of a workdir while one trains.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+from typing import Dict, Optional
+
+from keras_cnn import errors
+from keras_cnn import io_utils
+
+MANIFEST_FILE = "keras_cnn_run.json"
+LOCK_FILE = ".keras_cnn.lock"
+# Settings that may change between the tries of one run: they do not change what the
+# run computes per step, only how long it goes on or how fast it runs.
+HARMLESS = ("epochs", "patience", "time_budget_minutes", "jit_compile")
+
+
+def _flatten(config) -> Dict[str, object]:
+  """{flag name: value} of a TrainConfig (nested dataclasses flattened)."""
+  flat = {}
+  for key, value in dataclasses.asdict(config).items():
+    if isinstance(value, dict):
+      flat.update(value)
+    else:
+      flat[key] = value
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
+
+
+def data_fingerprint(data_dir: Optional[str]) -> Optional[str]:
+  """Hash of the names, sizes and modification times of the files of `data_dir`
+  (None for the built-in simulator, whose data the settings alone define)."""
+  if not data_dir or not os.path.isdir(data_dir):
+    return None
+  digest = hashlib.sha256()
+  for name in sorted(os.listdir(data_dir)):
+    stat = os.stat(os.path.join(data_dir, name))
+    digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  return digest.hexdigest()[:16]
+
+
+def manifest_for(config) -> dict:
+  settings = {k: v for k, v in _flatten(config).items() if k not in HARMLESS}
+  return {"keras_cnn_run": 1, "settings": settings,
+          "data_fingerprint": data_fingerprint(config.data.data_dir)}
+
+
+def check_or_create(workdir: str, config) -> bool:
+  """Refuses a foreign or changed workdir; writes the manifest of a new run.
+
+  Returns:
+    True if the workdir already held this run (a resume or a finished run).
+
+  Raises:
+    errors.UserError: the folder holds files keras_cnn did not write, or a run whose
+      defining settings (or data) differ.
+  """
+  wanted = manifest_for(config)
+  path = os.path.join(workdir, MANIFEST_FILE)
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    if not os.path.isfile(path):
+      found = ", ".join(sorted(os.listdir(workdir))[:5])
+      raise errors.UserError(
+          f"--workdir={workdir} holds files keras_cnn did not write ({found}); "
+          "choose a new or empty --workdir")
+    try:
+      with open(path) as stream:
+        recorded = json.load(stream)
+    except (OSError, ValueError) as error:
+      raise errors.UserError(f"{path}: unreadable run manifest ({error}); "
+                             "choose a new --workdir") from None
+    old, new = recorded.get("settings", {}), wanted["settings"]
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if recorded.get("data_fingerprint") != wanted["data_fingerprint"]:
+      changed.append("the files of --data_dir")
+    if changed:
+      detail = ", ".join(f"--{k}" if not k.startswith("the ") else k for k in changed)
+      raise errors.UserError(
+          f"--workdir={workdir} holds a run with other settings ({detail} differ); "
+          "rerun with the same flags to resume it, or choose a new --workdir")
+    return True
+  io_utils.write_text(path, json.dumps(wanted, indent=2, default=str) + "\n")
+  return False
+
+
+class WorkdirLock:
+  """Exclusive use of a workdir by one process; a lock left by a dead process is taken
+  over (a killed run must stay resumable)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.held = False
+
+  def __enter__(self):
+    for _ in range(2):
+      try:
+        handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        owner = self._owner()
+        if owner is not None and owner != os.getpid() and _alive(owner):
+          raise errors.UserError(
+              f"another keras_cnn process (pid {owner}) is training in "
+              f"{os.path.dirname(self.path)}; wait for it or choose another --workdir"
+          ) from None
+        os.remove(self.path)  # stale: its process is gone
+        continue
+      with os.fdopen(handle, "w") as stream:
+        stream.write(str(os.getpid()))
+      self.held = True
+      return self
+    raise errors.UserError(f"{self.path}: cannot take the workdir lock")
+
+  def _owner(self) -> Optional[int]:
+    try:
+      with open(self.path) as stream:
+        return int(stream.read().strip() or -1)
+    except (OSError, ValueError):
+      return None
+
+  def __exit__(self, *exc):
+    if self.held and os.path.exists(self.path):
+      os.remove(self.path)
+    self.held = False
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+KILL_ENV = "KERAS_CNN_KILL_AFTER"
+
+
+def kill_point(step: str) -> None:
+  """Dies with SIGKILL right after `step` if KERAS_CNN_KILL_AFTER names it.
+
+  A deterministic stand-in for `kill -9` at a chosen moment, for the tests that check
+  every state of a run can be finished by running the same command again.
+  """
+  if os.environ.get(KILL_ENV) == step:
+    os.kill(os.getpid(), signal.SIGKILL)
