@@ -261,8 +261,8 @@ def require_flags(*names: str, flag_values=FLAGS) -> None:
 def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
   """Refuses an --out that would replace the user's files.
 
-  Never one of the command's inputs (the model, a file of --data_dir); otherwise an
-  existing file (or non-empty folder) only with --overwrite.
+  Never one of the command's inputs (the model, a file of --data_dir) nor a training
+  workdir; otherwise an existing file (or non-empty folder) only with --overwrite.
   """
   from absl import app
 
@@ -276,6 +276,11 @@ def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
     if path and os.path.realpath(path) == target:
       raise app.UsageError(f"--out={out} is one of this command's inputs ({path}); "
                            "choose another path")
+  from keras_cnn import runs
+
+  if is_dir and os.path.exists(os.path.join(out, runs.MANIFEST_FILE)):
+    raise app.UsageError(f"--out={out} is a training workdir (its metrics.json and plots "
+                         "are the run's); choose another folder")
   if flag_values.overwrite:
     return
   if is_dir and os.path.isdir(out) and os.listdir(out):

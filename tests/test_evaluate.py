@@ -224,3 +224,22 @@ def test_command_prints_one_json_line_and_writes_artifacts(tmp_path, model, capf
   assert json.loads((out / "metrics.json").read_text()) == printed
   for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "history.png"):
     assert _is_png(out / name), name
+
+
+def test_evaluate_refuses_to_write_into_a_training_workdir(tmp_path, model):
+  from absl import app
+  from keras_cnn import runs
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  model.save(str(workdir / "model.keras"))
+  (workdir / runs.MANIFEST_FILE).write_text("{}")
+  (workdir / "metrics.json").write_text('{"r2": 0.9}')
+  for extra in ([], ["--overwrite"]):
+    with flagsaver.flagsaver():
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(["evaluate", f"--model={workdir / 'model.keras'}", "--n_cells=8",
+                   f"--out={workdir}", "--noprogress", *extra])
+      with pytest.raises(app.UsageError, match="is a training workdir"):
+        evaluate.main(["evaluate"])
+  assert (workdir / "metrics.json").read_text() == '{"r2": 0.9}'

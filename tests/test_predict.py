@@ -215,3 +215,18 @@ def test_existing_output_and_inputs_are_never_replaced(tmp_path, box):
                  f"--redshift={REDSHIFT}", f"--out={existing}", "--noprogress", "--overwrite"])
     predict.main(["predict"])
   assert np.load(existing).shape == box.shape
+
+
+def test_a_model_file_carrying_code_is_refused(tmp_path):
+  """safe_mode=True: a Lambda layer (arbitrary Python) in a .keras file is not run."""
+  inputs = keras.Input((3,))
+  model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+  path = str(tmp_path / "lambda.keras")
+  model.save(path)
+  with pytest.raises(ValueError, match="safe_mode"):
+    inference.load_model(path)
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["predict", f"--model={path}", f"--out={tmp_path / 'o.npy'}"])
+    with pytest.raises(app.UsageError, match="not a loadable keras_cnn model"):
+      predict.main(["predict"])

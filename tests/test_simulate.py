@@ -102,6 +102,7 @@ def test_x_hii_is_not_a_function_of_the_centre_voxel():
   assert record["n_cells"] == 32
 
 
+@pytest.mark.slow  # a wall-clock bound: a benchmark, not part of the default run
 def test_64_cubed_is_fast():
   start = time.perf_counter()
   simulate.simulate_snapshot(64, seed=0)

@@ -110,3 +110,15 @@ def test_manual_config_without_snapshots_lists_expected_files(tmp_path):
     reionization_boxes.load_tfds_snapshots(
         "reionization_boxes/manual", "train", data_dir=str(tmp_path / "tfds"),
         manual_dir=str(manual))
+
+
+def test_dataset_flag_path_loads_tfds_splits(tmp_path):
+  """`--dataset=reionization_boxes/synthetic_16`, as the README documents it."""
+  from keras_cnn.data import splits as splits_lib
+
+  loaded = splits_lib.load_splits(None, None, "reionization_boxes/synthetic_16", radius=2,
+                                  tfds_data_dir=str(tmp_path))
+  assert set(loaded) == {"train", "validation", "test"}
+  for split in loaded.values():
+    assert split.region is None and split.snapshots
+    assert split.snapshots[0].shape == (16, 16, 16)

@@ -50,7 +50,9 @@ def load_box(data_dir: Optional[str], redshift: Optional[float], dataset: str,
     from keras_cnn.data import simulate  # heavy imports only when simulating
     return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed,
                                      mean_xhii=mean_xhii)[split]
-  snapshots = snapshot_lib.load_tfds_snapshots(dataset, split, data_dir=tfds_data_dir)
+  from keras_cnn.datasets import reionization_boxes  # TFDS only when asked for
+
+  snapshots = reionization_boxes.load_tfds_snapshots(dataset, split, data_dir=tfds_data_dir)
   for snap in snapshots:
     snapshot_lib.validate_snapshot(snap, radius=radius, require_target=require_target)
   return snapshots
