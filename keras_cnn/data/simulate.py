@@ -223,7 +223,7 @@ def smoothing_radii(cell_size_mpc: float, mfp_mpc: float, radius_factor: float =
 
 def ionizing_ratio(density: np.ndarray, n_src: np.ndarray, cell_size_mpc: float,
                    mfp_mpc: float, radius_factor: float = 1.15,
-                   workers: Optional[int] = None):
+                   workers: Optional[int] = None, max_sphere_mpc: Optional[float] = None):
   """The two fields the ionization criterion needs, computed once per box.
 
   Args:
@@ -233,6 +233,8 @@ def ionizing_ratio(density: np.ndarray, n_src: np.ndarray, cell_size_mpc: float,
     mfp_mpc: largest sphere radius (the photon mean free path).
     radius_factor: ratio of successive sphere radii.
     workers: FFT threads (scipy.fft; the result does not depend on it).
+    max_sphere_mpc: leave out the spheres of the radius grid larger than this (to ask
+      how much of the rule a finite neighbourhood sees); None keeps them all.
 
   Returns:
     (max_ratio, cell_ratio): max over radii of sources(R) / hydrogen(R), and the
@@ -248,6 +250,8 @@ def ionizing_ratio(density: np.ndarray, n_src: np.ndarray, cell_size_mpc: float,
   hydrogen_k = scipy.fft.rfftn(hydrogen, workers=workers)
   max_ratio = cell_ratio.copy()
   for radius in smoothing_radii(cell_size_mpc, mfp_mpc, radius_factor):
+    if max_sphere_mpc is not None and radius > max_sphere_mpc:
+      continue
     window = _tophat_window(k * np.float32(radius)).astype(np.float32)
     smooth_sources = scipy.fft.irfftn(sources_k * window, s=hydrogen.shape, workers=workers)
     smooth_hydrogen = scipy.fft.irfftn(hydrogen_k * window, s=hydrogen.shape, workers=workers)
