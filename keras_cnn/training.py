@@ -375,9 +375,13 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
         splits["train"].fields, radius, config.patch_size, config.batch_size, training=True,
         seed=config.seed, augment=config.augment, region=splits["train"].region,
         start_batch=start_epoch * config.steps_per_epoch)
+    region = splits["validation"].region
+    # A slab of one user box may be thinner than a patch: validate on slab-thin blocks.
+    val_size = config.patch_size if region is None else min(config.patch_size,
+                                                            region[1] - region[0])
     val_ds = pipeline.make_patch_dataset(
-        splits["validation"].fields, radius, config.patch_size, config.batch_size,
-        training=False, seed=config.seed + 1, region=splits["validation"].region,
+        splits["validation"].fields, radius, val_size, config.batch_size,
+        training=False, seed=config.seed + 1, region=region,
         num_patches=config.validation_patches)
   else:
     train_ds = pipeline.make_dataset(

@@ -226,3 +226,18 @@ def test_killed_at_any_step_the_same_command_finishes(tmp_path, step):
   assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1]
   leftovers = [n for n in os.listdir(workdir) if n.endswith(".tmp") or "tmp." in n]
   assert not leftovers and not os.path.exists(os.path.join(workdir, "best.keras"))
+
+
+def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path):
+  """--data_dir with one box: validation/test slabs thinner than a patch still work."""
+  from keras_cnn.data import simulate
+  from keras_cnn.data import snapshot as snapshot_lib
+
+  box = simulate.synthetic_splits(n_cells=(24, 12, 12), seed=0)["train"][0]
+  data_dir = str(tmp_path / "box")
+  snapshot_lib.save_snapshot(box, data_dir)
+  config = dataclasses.replace(PATCH, data=training.DataConfig(data_dir=data_dir),
+                               patch_size=6, epochs=1)
+  metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
+  # test slab: 10% of the 24 - 3 * 3 usable planes, scored on every voxel
+  assert metrics["num_voxels"] == 1 * 12 * 12
