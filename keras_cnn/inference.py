@@ -70,52 +70,14 @@ def load_model(path: str):
   return keras.saving.load_model(path, safe_mode=True)
 
 
-def _plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int):
-  """(x, first voxel of the plane in the batch) of every batch, plane by plane."""
-  return np.array([(x, lo) for x in range(x_start, x_stop)
-                   for lo in range(0, plane_size, batch_size)], dtype=np.int64)
-
-
-def _crop_dataset(n_igm: np.ndarray, n_src: np.ndarray, radius: int, batch_size: int,
-                  batches: np.ndarray, parallel_calls: int = 2):
-  """tf.data stream of fixed-size input batches ({"n_igm", "n_src"}, valid count)."""
-  import tensorflow as tf
-
-  from keras_cnn import pipeline
-
-  _, ny, nz = n_igm.shape
-  plane_size = ny * nz
-  side = 2 * radius + 1
-
-  def make_batch(batch_index):
-    x, lo = (int(v) for v in batches[int(batch_index)])
-    count = min(batch_size, plane_size - lo)
-    flat = np.arange(lo, lo + batch_size) % plane_size  # padding repeats the plane
-    centres = np.stack([np.full(batch_size, x), flat // nz, flat % nz], axis=-1)
-    igm, src = pipeline.periodic_crops([n_igm, n_src], centres, radius)
-    return igm[..., None], src[..., None], np.int64(count)
-
-  def to_element(batch_index):
-    igm, src, count = tf.numpy_function(
-        make_batch, [batch_index], [tf.float32, tf.float32, tf.int64], stateful=False)
-    shape = (batch_size, side, side, side, 1)
-    return {"n_igm": tf.ensure_shape(igm, shape), "n_src": tf.ensure_shape(src, shape)}, count
-
-  dataset = tf.data.Dataset.range(len(batches)).map(
-      to_element, num_parallel_calls=parallel_calls, deterministic=True)
-  return dataset.prefetch(tf.data.AUTOTUNE)
-
-
 def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
                    x_start: int = 0, x_stop: Optional[int] = None,
                    progress: bool = True) -> np.ndarray:
   """x_HII of every voxel of the x-slab [x_start, x_stop), one crop per voxel.
 
-  Crops are cut on the fly (`keras_cnn.pipeline.periodic_crops`) and wrap around
-  all faces, so a slab's values need no halo. Batches hold `batch_size` voxels of
-  one x-plane each (the last batch of a plane is padded and its padding dropped):
-  every batch has one shape (one compilation under jax) and a voxel's batch does
-  not depend on the slab, so slabs concatenate to exactly the whole-box map.
+  Crops come from `keras_cnn.pipeline.volume_dataset(..., whole_planes=True)` and
+  wrap around all faces, so a slab's values need no halo; batches hold voxels of
+  one x-plane each, so slabs concatenate to exactly the whole-box map.
 
   Args:
     model: a model with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,).
@@ -131,6 +93,8 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
   """
   from tqdm import tqdm
 
+  from keras_cnn import pipeline
+
   n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -138,8 +102,9 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
   radius = model_radius(model)
   plane_size = ny * nz
   batch_size = min(batch_size, plane_size)
-  batches = _plane_batches(plane_size, batch_size, x_start, x_stop)
-  dataset = _crop_dataset(n_igm, n_src, radius, batch_size, batches)
+  batches = pipeline.plane_batches(plane_size, batch_size, x_start, x_stop)
+  dataset = pipeline.volume_dataset(n_igm, n_src, radius, batch_size, x_start, x_stop,
+                                    whole_planes=True)
   out = np.empty((x_stop - x_start, plane_size), np.float32)
   with tqdm(total=out.size, unit="voxel", unit_scale=True, file=sys.stderr,
             disable=not progress, desc="x_HII", mininterval=1.0) as bar:

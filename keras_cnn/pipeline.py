@@ -526,13 +526,26 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool,
                      source.size, True, parallel_calls)
 
 
+def plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int) -> np.ndarray:
+  """(x, first voxel of the plane) of each batch of `volume_dataset(..., whole_planes=True)`."""
+  return np.array([(x, lo) for x in range(x_start, x_stop)
+                   for lo in range(0, plane_size, batch_size)], dtype=np.int64).reshape(-1, 2)
+
+
 def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
-                   x_stop: Optional[int] = None,
+                   x_stop: Optional[int] = None, whole_planes: bool = False,
                    parallel_calls: int = 2) -> tf.data.Dataset:
   """Input dicts for every voxel of the x-slab [x_start, x_stop), in C order.
 
   `model.predict(volume_dataset(...))` returns (n, 1) with n = (x_stop - x_start)
   * Ny * Nz; reshape it to (x_stop - x_start, Ny, Nz) to paint the slab of the map.
+
+  With `whole_planes=True` every batch holds `batch_size` voxels of one x-plane
+  (the last batch of a plane is filled up with voxels of the same plane) and the
+  elements are (inputs, count of real voxels): every batch has one shape (one
+  compilation under jax) and a voxel's batch does not depend on the slab, so slabs
+  predicted apart concatenate to exactly the whole-box map. `plane_batches` gives
+  the (x, first voxel) of each batch.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -541,15 +554,38 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
   source = _Source([(n_igm, n_src, None)], radius, (x_start, x_stop),
                    need_targets=False)
   count = source.total
+  if not whole_planes:
+    def batch_fn(batch_index):
+      lo = int(batch_index) * batch_size
+      index = np.arange(lo, min(count, lo + batch_size), dtype=np.int64)
+      return source.make_batch(index, None, with_targets=False)
 
-  def batch_fn(batch_index):
-    lo = int(batch_index) * batch_size
-    index = np.arange(lo, min(count, lo + batch_size), dtype=np.int64)
-    return source.make_batch(index, None, with_targets=False)
+    num_batches = -(-count // batch_size)
+    return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None,
+                       source.size, False, parallel_calls)
 
-  num_batches = -(-count // batch_size)
-  return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None,
-                     source.size, False, parallel_calls)
+  plane_size = int(np.prod(n_igm.shape[1:]))
+  batch_size = min(batch_size, plane_size)
+  batches = plane_batches(plane_size, batch_size, x_start, x_stop)
+
+  def plane_fn(batch_index):
+    x, lo = (int(v) for v in batches[int(batch_index)])
+    flat = np.arange(lo, lo + batch_size) % plane_size  # the fill repeats the plane
+    index = (x - x_start) * plane_size + flat
+    return source.make_batch(index, None, with_targets=False) + [
+        np.float32(min(batch_size, plane_size - lo))]
+
+  crop_shape = (batch_size,) + (source.size,) * 3 + (1,)
+
+  def to_element(batch_index):
+    arrays = tf.numpy_function(plane_fn, [batch_index], [tf.float32] * 3, stateful=False)
+    inputs = {name: tf.ensure_shape(array, crop_shape)
+              for name, array in zip(INPUT_NAMES, arrays)}
+    return inputs, tf.cast(arrays[-1], tf.int64)
+
+  dataset = tf.data.Dataset.range(len(batches)).map(
+      to_element, num_parallel_calls=parallel_calls, deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _patch_corner_region(region, shape, radius: int, patch_size: int):
