@@ -14,6 +14,7 @@ import os
 
 from absl import flags
 
+from keras_cnn import conventions
 from keras_cnn import model as model_lib
 
 FLAGS = flags.FLAGS
@@ -76,7 +77,7 @@ def define_data_flags() -> None:
     return
   from keras_cnn import training  # the defaults of the data and training flags
 
-  data, train = training.DataConfig(), training.TrainConfig()
+  data = training.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   flags.DEFINE_float("redshift", None, "Snapshot redshift in --data_dir (needed if several).")
@@ -184,14 +185,12 @@ def _define_apply_flags() -> None:
   define_model_input_flags()
   if not _once("out"):
     return
-  from keras_cnn.data import splits as splits_lib
-
   # Required, but checked in main (`require_flags`) rather than marked: a required
   # mark travels with the flag into every FlagValues that tests build from FLAGS.
   flags.DEFINE_string("out", None,
                       "Required. evaluate: output folder (metrics.json, PNGs); "
                       "predict: the .npy file of the x_HII map.")
-  flags.DEFINE_enum("split", "test", list(splits_lib.SPLITS),
+  flags.DEFINE_enum("split", "test", list(conventions.SPLITS),
                     "Split of --dataset to use (ignored with --data_dir).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
   flags.DEFINE_enum("engine", "auto", ["auto", "dense", "per_voxel"],
@@ -238,7 +237,7 @@ def define_evaluate_flags() -> None:
   flags.DEFINE_integer("num_examples", 16384,
                        "Random voxels scored per box larger than --max_full_voxels.")
   flags.DEFINE_integer("sample_seed", 0, "Seed of the random voxels of large boxes.")
-  flags.DEFINE_float("cell_size_mpc", 2.381,
+  flags.DEFINE_float("cell_size_mpc", conventions.CELL_SIZE_MPC,
                      "Comoving cell side in cMpc (plot axes, power-spectrum k).")
   flags.DEFINE_enum("power_spectrum", "auto", ["auto", "tools21cm", "numpy", "off"],
                     "Power-spectrum implementation: auto uses tools21cm (extra 'astro') "
@@ -276,9 +275,7 @@ def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
     if path and os.path.realpath(path) == target:
       raise app.UsageError(f"--out={out} is one of this command's inputs ({path}); "
                            "choose another path")
-  from keras_cnn import runs
-
-  if is_dir and os.path.exists(os.path.join(out, runs.MANIFEST_FILE)):
+  if is_dir and os.path.exists(os.path.join(out, conventions.MANIFEST_FILE)):
     raise app.UsageError(f"--out={out} is a training workdir (its metrics.json and plots "
                          "are the run's); choose another folder")
   if flag_values.overwrite:

@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from keras_cnn import cli_flags
+from keras_cnn import conventions
 
 FLAGS = flags.FLAGS
 cli_flags.define_evaluate_flags()
@@ -52,7 +53,7 @@ def main(argv):
       history_csv=FLAGS.history or inference.history_beside(FLAGS.model),
       power_spectrum=FLAGS.power_spectrum, progress=FLAGS.progress, engine=FLAGS.engine,
       memory_budget_gb=FLAGS.memory_budget_gb)
-  logging.info("Wrote %s and figures to %s", inference.METRICS_FILE, FLAGS.out)
+  logging.info("Wrote %s and figures to %s", conventions.METRICS_FILE, FLAGS.out)
   print(json.dumps(metrics), flush=True)
 
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import io_utils
 from keras_cnn import plots
@@ -32,9 +33,6 @@ from keras_cnn import plots
 ENGINES = ("auto", "dense", "per_voxel")
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MEMORY_BUDGET_GB = 1.5
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-POWER_SPECTRUM_FILE = "power_spectrum.csv"
 
 model_radius = dense.model_radius
 
@@ -297,7 +295,7 @@ def _write_power_spectra(path: str, spectra: Sequence[Dict[str, object]]) -> Non
 def evaluate_model(model, snapshots: Sequence, out_dir: str,
                    batch_size: int = 256, max_full_voxels: int = 128 ** 3,
                    num_examples: int = 16384, seed: int = 0,
-                   cell_size_mpc: float = plots.DEFAULT_CELL_SIZE_MPC,
+                   cell_size_mpc: float = conventions.CELL_SIZE_MPC,
                    history_csv: Optional[str] = None, power_spectrum: str = "auto",
                    progress: bool = True, engine: str = "auto",
                    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict:
@@ -309,19 +307,25 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     out_dir: output folder (created).
     batch_size: crops per forward pass.
     max_full_voxels: per-voxel engine: boxes up to this size are predicted whole;
-      larger ones are scored on `num_examples` random voxels (no map, slices or power
-      spectrum). The dense engine always predicts whole boxes.
+      larger ones are scored on `num_examples` random voxels (no map, slices or
+      physics scores but the ionized-map ones). The dense engine always predicts whole
+      boxes.
     num_examples: voxels per large box.
-    seed: seed of those voxels.
-    cell_size_mpc: comoving cell side (figures' axes and k).
+    seed: seed of those voxels and of the bubble-size rays.
+    cell_size_mpc: comoving cell side (figures' axes, k and bubble sizes).
     history_csv: a training history to plot (None: no history figure).
-    power_spectrum: "auto", "tools21cm", "numpy" (see `keras_cnn.metrics`) or "off".
+    power_spectrum: "auto", "tools21cm" or "numpy": the implementation of the physics
+      scores of whole boxes (`keras_cnn.metrics.compare_maps`: power spectra, dT_b,
+      bubble sizes), or "off" to skip them.
     progress: progress bars on stderr.
     engine: "auto", "dense" or "per_voxel" (see `resolve_engine`).
     memory_budget_gb: dense engine: memory bound of one tile's pass.
 
   Returns:
-    The metrics written to out_dir/metrics.json (JSON-safe: no NaN).
+    The metrics written to out_dir/metrics.json (JSON-safe: no NaN): the regression
+    metrics and the ionized-map scores of every scored voxel, and the physics scores
+    of the whole boxes (`keras_cnn.metrics.MAP_SCORE_KEYS`, combined over boxes by
+    `aggregate_map_scores`; None without a whole box).
   """
   from keras_cnn import metrics as metrics_lib
 
@@ -340,6 +344,7 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
   y_true: List[np.ndarray] = []
   y_pred: List[np.ndarray] = []
   spectra = []
+  box_scores = []
   for i, snapshot in enumerate(snapshots):
     size = int(np.prod(snapshot.shape))
     if not whole(snapshot):
@@ -360,12 +365,17 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     plots.plot_slices(true_map, pred_map, os.path.join(out_dir, f"slices{suffix(i)}.png"),
                       cell_size_mpc=cell_size_mpc)
     if power_spectrum != "off":
-      box_mpc = [n * cell_size_mpc for n in true_map.shape]
-      spectrum = metrics_lib.power_spectrum_comparison(true_map, pred_map, box_mpc,
-                                                       method=power_spectrum)
-      spectra.append(spectrum)
-      plots.plot_power_spectra(spectrum, os.path.join(out_dir, f"power_spectra{suffix(i)}.png"),
+      comparison = metrics_lib.compare_maps(true_map, pred_map, snapshot.n_igm,
+                                            snapshot.redshift, cell_size_mpc,
+                                            method=power_spectrum, seed=seed + i)
+      spectra.append(comparison.xhii_spectrum)
+      box_scores.append(comparison.scores)
+      plots.plot_power_spectra(comparison.xhii_spectrum,
+                               os.path.join(out_dir, f"power_spectra{suffix(i)}.png"),
                                title=snapshot.name)
+      plots.plot_summary(true_map, pred_map, comparison,
+                         os.path.join(out_dir, f"summary{suffix(i)}.png"),
+                         cell_size_mpc, title=f"{snapshot.name}, z = {snapshot.redshift:.3f}")
 
   y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
   result = metrics_lib.regression_metrics(y_true_all, y_pred_all)
@@ -377,21 +387,23 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     values = [s[key] for s in summaries if s[key] is not None]
     result[key] = float(np.mean(values)) if values else None
   result["power_spectrum_method"] = spectra[0]["method"] if spectra else None
+  result.update(metrics_lib.aggregate_map_scores(box_scores))
+  result.update(metrics_lib.ionized_map_scores(y_true_all, y_pred_all))  # every voxel
   result = {key: _json_safe(value) for key, value in result.items()}
 
-  plots.plot_pred_vs_true(y_true_all, y_pred_all, os.path.join(out_dir, "pred_vs_true.png"),
+  plots.plot_pred_vs_true(y_true_all, y_pred_all, os.path.join(out_dir, conventions.PRED_VS_TRUE_PNG),
                           r2=result["r2"])
   if spectra:
-    _write_power_spectra(os.path.join(out_dir, POWER_SPECTRUM_FILE), spectra)
+    _write_power_spectra(os.path.join(out_dir, conventions.POWER_SPECTRUM_FILE), spectra)
   if history_csv:
-    plots.plot_history(history_csv, os.path.join(out_dir, "history.png"))
-  io_utils.write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(result, indent=2) + "\n")
+    plots.plot_history(history_csv, os.path.join(out_dir, conventions.HISTORY_PNG))
+  io_utils.write_text(os.path.join(out_dir, conventions.METRICS_FILE), json.dumps(result, indent=2) + "\n")
   return result
 
 
 def history_beside(model_path: str) -> Optional[str]:
   """The history.csv in the model's folder (a train workdir), if there is one."""
-  path = os.path.join(os.path.dirname(os.path.abspath(model_path)), HISTORY_FILE)
+  path = os.path.join(os.path.dirname(os.path.abspath(model_path)), conventions.HISTORY_FILE)
   return path if os.path.isfile(path) else None
 
 

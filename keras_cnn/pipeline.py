@@ -36,11 +36,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn import conventions
 from keras_cnn import errors
 
 INPUT_NAMES = ("n_igm", "n_src")
 TARGET_NAME = "x_hii"
-SPLIT_NAMES = ("train", "validation", "test")
 
 # Streams of the random generator keyed by (seed, stream, index).
 _STREAM_BATCH = 0
@@ -248,15 +248,15 @@ def split_regions(shape: Sequence[int], radius: int,
   guard = int(radius) if guard is None else int(guard)
   if guard < radius:
     raise ValueError(f"guard band ({guard} cells) must be >= radius ({radius})")
-  if len(fractions) != len(SPLIT_NAMES) or any(f <= 0 for f in fractions):
+  if len(fractions) != len(conventions.SPLITS) or any(f <= 0 for f in fractions):
     raise ValueError(
         f"fractions must be 3 positive numbers (train, validation, test), got {fractions}")
-  usable = length - len(SPLIT_NAMES) * guard
-  if usable < len(SPLIT_NAMES):
+  usable = length - len(conventions.SPLITS) * guard
+  if usable < len(conventions.SPLITS):
     raise errors.UserError(
         f"box of {length} cells along x is too small for 3 regions with guard bands "
         f"of {guard} cells (radius {radius}): needs at least "
-        f"{len(SPLIT_NAMES) * (guard + 1)} cells; use a bigger box, a smaller "
+        f"{len(conventions.SPLITS) * (guard + 1)} cells; use a bigger box, a smaller "
         "--radius, or independent snapshots for validation and test")
   total = float(sum(fractions))
   sizes = [max(1, int(np.floor(usable * f / total))) for f in fractions[1:]]
@@ -268,7 +268,7 @@ def split_regions(shape: Sequence[int], radius: int,
   sizes = [train_size] + sizes
   regions = {}
   start = 0
-  for name, size in zip(SPLIT_NAMES, sizes):
+  for name, size in zip(conventions.SPLITS, sizes):
     regions[name] = (start, start + size)
     start += size + guard
   return regions
@@ -279,8 +279,8 @@ def _resolve_region(region, shape, radius) -> Region:
   if region is None:
     return 0, length
   if isinstance(region, str):
-    if region not in SPLIT_NAMES:
-      raise ValueError(f"region must be one of {SPLIT_NAMES} or (start, stop), got {region!r}")
+    if region not in conventions.SPLITS:
+      raise ValueError(f"region must be one of {conventions.SPLITS} or (start, stop), got {region!r}")
     return split_regions(shape, radius)[region]
   start, stop = (int(v) for v in region)
   if not 0 <= start < stop <= length:

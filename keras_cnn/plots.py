@@ -11,13 +11,14 @@ from typing import Dict, Optional
 
 import numpy as np
 from matplotlib import colors
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from keras_cnn import conventions
 from keras_cnn import io_utils
 
 XHII_LABEL = r"$x_\mathrm{HII}$"
-DEFAULT_CELL_SIZE_MPC = 2.381  # cMpc: the original C2-Ray boxes and the simulator
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -103,19 +104,9 @@ def plot_pred_vs_true(y_true, y_pred, out_png: str, bins: int = 60,
   return save_figure(figure, out_png)
 
 
-def plot_slices(true_map, pred_map, out_png: str,
-                cell_size_mpc: float = DEFAULT_CELL_SIZE_MPC, axis: int = 0,
-                index: Optional[int] = None) -> str:
-  """True, predicted and residual (predicted - true) x_HII on one slice of the box.
-
-  Args:
-    true_map: true x_HII (Nx, Ny, Nz).
-    pred_map: predicted x_HII, same shape.
-    out_png: where to write.
-    cell_size_mpc: comoving cell side, for the cMpc axes.
-    axis: the axis the slice is perpendicular to.
-    index: slice position along `axis`; None is the middle of the box.
-  """
+def _draw_slices(figure: Figure, panels, true_map, pred_map, cell_size_mpc: float,
+                 axis: int = 0, index: Optional[int] = None) -> str:
+  """True, predicted and residual x_HII of one slice on three panels; returns a caption."""
   true_map = np.asarray(true_map, dtype=np.float32)
   pred_map = np.asarray(pred_map, dtype=np.float32)
   if true_map.ndim != 3 or true_map.shape != pred_map.shape:
@@ -128,8 +119,6 @@ def plot_slices(true_map, pred_map, out_png: str,
   names = [n for a, n in enumerate("xyz") if a != axis]
   extent = [0.0, true_slice.shape[0] * cell_size_mpc, 0.0, true_slice.shape[1] * cell_size_mpc]
   limit = max(float(np.abs(residual).max()), 1e-6)
-  figure = _new_figure(14, 4.4)
-  panels = figure.subplots(1, 3)
   for axes, image, title, cmap, vmin, vmax, label in (
       (panels[0], true_slice, f"true {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
       (panels[1], pred_slice, f"predicted {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
@@ -141,8 +130,45 @@ def plot_slices(true_map, pred_map, out_png: str,
     axes.set_xlabel(f"{names[0]} [cMpc]")
     axes.set_ylabel(f"{names[1]} [cMpc]")
     axes.set_title(title)
-  figure.suptitle(f"slice {'xyz'[axis]} = {index * cell_size_mpc:.1f} cMpc (cell {index})")
+  return f"slice {'xyz'[axis]} = {index * cell_size_mpc:.1f} cMpc (cell {index})"
+
+
+def plot_slices(true_map, pred_map, out_png: str,
+                cell_size_mpc: float = conventions.CELL_SIZE_MPC, axis: int = 0,
+                index: Optional[int] = None) -> str:
+  """True, predicted and residual (predicted - true) x_HII on one slice of the box.
+
+  Args:
+    true_map: true x_HII (Nx, Ny, Nz).
+    pred_map: predicted x_HII, same shape.
+    out_png: where to write.
+    cell_size_mpc: comoving cell side, for the cMpc axes.
+    axis: the axis the slice is perpendicular to.
+    index: slice position along `axis`; None is the middle of the box.
+  """
+  figure = _new_figure(14, 4.4)
+  caption = _draw_slices(figure, figure.subplots(1, 3), true_map, pred_map, cell_size_mpc,
+                         axis, index)
+  figure.suptitle(caption)
   return save_figure(figure, out_png)
+
+
+def _draw_delta2(axes, spectrum: Dict[str, object]) -> None:
+  """Dimensionless power Delta^2(k) of the true and predicted x_HII on log axes."""
+  k = np.asarray(spectrum["k"], np.float64)
+  to_delta2 = k ** 3 / (2.0 * np.pi ** 2)
+  for key, label, style in (("pk_true", "true", "-o"), ("pk_pred", "predicted", "--s")):
+    values = np.asarray(spectrum[key], np.float64) * to_delta2
+    shown = values > 0
+    if shown.any():
+      axes.plot(k[shown], values[shown], style, markersize=3, label=label)
+  axes.set_xscale("log")
+  if axes.get_legend_handles_labels()[0]:
+    axes.set_yscale("log")
+    axes.legend()
+  axes.set_xlabel(r"$k$ [cMpc$^{-1}$]")
+  axes.set_ylabel(r"$\Delta^2_{xx}(k) = k^3 P(k) / 2\pi^2$")
+  axes.set_title(f"power spectrum of {XHII_LABEL}")
 
 
 def plot_power_spectra(spectrum: Dict[str, object], out_png: str,
@@ -155,21 +181,9 @@ def plot_power_spectra(spectrum: Dict[str, object], out_png: str,
     title: optional figure title.
   """
   k = np.asarray(spectrum["k"], np.float64)
-  to_delta2 = k ** 3 / (2.0 * np.pi ** 2)
   figure = _new_figure(10, 4)
   panels = figure.subplots(1, 2)
-  for key, label, style in (("pk_true", "true", "-o"), ("pk_pred", "predicted", "--s")):
-    values = np.asarray(spectrum[key], np.float64) * to_delta2
-    shown = values > 0
-    if shown.any():
-      panels[0].plot(k[shown], values[shown], style, markersize=3, label=label)
-  panels[0].set_xscale("log")
-  if panels[0].get_legend_handles_labels()[0]:
-    panels[0].set_yscale("log")
-    panels[0].legend()
-  panels[0].set_xlabel(r"$k$ [cMpc$^{-1}$]")
-  panels[0].set_ylabel(r"$\Delta^2_{xx}(k) = k^3 P(k) / 2\pi^2$")
-  panels[0].set_title(f"power spectrum of {XHII_LABEL}")
+  _draw_delta2(panels[0], spectrum)
   panels[1].plot(k, np.asarray(spectrum["r_k"], np.float64), "-o", markersize=3)
   panels[1].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
   panels[1].set_xscale("log")
@@ -181,4 +195,83 @@ def plot_power_spectra(spectrum: Dict[str, object], out_png: str,
     axes.grid(alpha=0.3, which="both")
   if title:
     figure.suptitle(title)
+  return save_figure(figure, out_png)
+
+
+def _format_score(value, digits: int = 3) -> str:
+  return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def plot_summary(true_map, pred_map, comparison, out_png: str, cell_size_mpc: float,
+                 title: Optional[str] = None) -> str:
+  """One figure of a predicted box: slices, power spectra, r(k) and bubble sizes.
+
+  Top row: true, predicted and residual x_HII on the middle x-slice. Bottom row:
+  Delta^2(k) of the true and predicted x_HII; r(k) of x_HII and of the 21-cm brightness
+  temperature dT_b; the bubble size distributions R dP/dR of both maps. Dotted lines mark
+  the scale limit of the scores and the r(k) target; the title quotes the scores.
+
+  Args:
+    true_map: true x_HII (Nx, Ny, Nz).
+    pred_map: predicted x_HII, same shape.
+    comparison: the `keras_cnn.metrics.MapComparison` of the two maps.
+    out_png: where to write.
+    cell_size_mpc: comoving cell side, for the cMpc axes.
+    title: optional first line of the figure title.
+  """
+  scores = comparison.scores
+  k_max = scores.get("score_k_max_per_mpc")
+  figure = _new_figure(15, 8.8)
+  panels = figure.subplots(2, 3)
+  caption = _draw_slices(figure, panels[0], true_map, pred_map, cell_size_mpc)
+
+  _draw_delta2(panels[1, 0], comparison.xhii_spectrum)
+  r_axes = panels[1, 1]
+  lowest = 0.0
+  for spectrum, label, style in ((comparison.xhii_spectrum, XHII_LABEL, "-o"),
+                                 (comparison.dtb_spectrum, r"$\delta T_b$", "--s")):
+    r_k = np.asarray(spectrum["r_k"], np.float64)
+    r_axes.plot(np.asarray(spectrum["k"], np.float64), r_k, style, markersize=3, label=label)
+    lowest = min(lowest, float(np.nanmin(r_k, initial=0.0)))
+  r_axes.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+  r_axes.axhline(0.95, color="tab:red", linewidth=0.8, linestyle=":", label="r = 0.95")
+  r_axes.set_xscale("log")
+  r_axes.set_ylim(lowest - 0.05, 1.05)
+  r_axes.set_xlabel(r"$k$ [cMpc$^{-1}$]")
+  r_axes.set_ylabel(r"$r(k) = P_\times / \sqrt{P_\mathrm{true} P_\mathrm{pred}}$")
+  r_axes.set_title("cross-correlation coefficient")
+  r_axes.legend(loc="lower left")
+  if k_max is not None:
+    for axes in panels[1, :2]:
+      axes.axvline(k_max, color="grey", linewidth=0.8, linestyle="--")
+
+  bsd_axes = panels[1, 2]
+  for bsd, label, style in ((comparison.bsd_true, "true", "-o"),
+                            (comparison.bsd_pred, "predicted", "--s")):
+    bsd_axes.plot(np.asarray(bsd["r"], np.float64), np.asarray(bsd["r_dp_dr"], np.float64),
+                  style, markersize=3, label=label)
+  bsd_axes.set_xscale("log")
+  bsd_axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  bsd_axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  bsd_axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+  bsd_axes.set_xlabel(r"$R$ [cMpc]")
+  bsd_axes.set_ylabel(r"$R\,\mathrm{d}P/\mathrm{d}R$")
+  bsd_axes.set_title(f"bubble sizes (mean free path, {comparison.bsd_true['method']})")
+  bsd_axes.legend()
+  for axes in panels[1]:
+    axes.grid(alpha=0.3, which="both")
+
+  k_label = "all k" if k_max is None else f"k <= {k_max:g}/cMpc"
+  lines = [
+      f"{caption}; ionized-map accuracy {_format_score(scores.get('ionized_accuracy'), 4)}, "
+      f"ionized fraction true {_format_score(scores.get('ionized_fraction_true'))} / "
+      f"pred {_format_score(scores.get('ionized_fraction_pred'))}",
+      f"{k_label}: min r(k) x_HII {_format_score(scores.get('xhii_r_k_min'))}, "
+      f"dT_b {_format_score(scores.get('dtb_r_k_min'))}; max |P ratio - 1| x_HII "
+      f"{_format_score(scores.get('xhii_pk_ratio_max_dev'))}, dT_b "
+      f"{_format_score(scores.get('dtb_pk_ratio_max_dev'))}; BSD peak "
+      f"{_format_score(scores.get('bsd_peak_radius_true_mpc'))} -> "
+      f"{_format_score(scores.get('bsd_peak_radius_pred_mpc'))} cMpc",
+  ]
+  figure.suptitle("\n".join(([title] if title else []) + lines))
   return save_figure(figure, out_png)

@@ -13,11 +13,10 @@ import os
 import signal
 from typing import Dict, Optional
 
+from keras_cnn import conventions
 from keras_cnn import errors
 from keras_cnn import io_utils
 
-MANIFEST_FILE = "keras_cnn_run.json"
-LOCK_FILE = ".keras_cnn.lock"
 # Settings that may change between the tries of one run: they do not change what the
 # run computes per step, only how long it goes on or how fast it runs.
 HARMLESS = ("epochs", "patience", "time_budget_minutes", "jit_compile")
@@ -63,7 +62,7 @@ def check_or_create(workdir: str, config) -> bool:
       defining settings (or data) differ.
   """
   wanted = manifest_for(config)
-  path = os.path.join(workdir, MANIFEST_FILE)
+  path = os.path.join(workdir, conventions.MANIFEST_FILE)
   if os.path.isdir(workdir) and os.listdir(workdir):
     if not os.path.isfile(path):
       found = ", ".join(sorted(os.listdir(workdir))[:5])
@@ -95,7 +94,7 @@ class WorkdirLock:
   over (a killed run must stay resumable)."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = os.path.join(workdir, conventions.LOCK_FILE)
     self.held = False
 
   def __enter__(self):

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
+from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import distribute
 from keras_cnn.data import splits as splits_lib
@@ -27,13 +28,6 @@ from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 from keras_cnn import runs
 
-MODEL_FILE = "model.keras"
-BEST_FILE = "best.keras"  # SaveBest's target; becomes model.keras at the end
-BACKUP_DIR = "backup"
-BACKUP_STATE = "state.json"
-FIT_DONE_FILE = "fit_done"  # written once fit has ended: a rerun goes straight to scoring
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +123,7 @@ class AtomicBackup(keras.callbacks.Callback):
       if os.path.exists(tmp):
         os.remove(tmp)
     runs.kill_point(f"backup_weights:{epoch}")
-    io_utils.write_text(os.path.join(self.backup_dir, BACKUP_STATE),
+    io_utils.write_text(os.path.join(self.backup_dir, conventions.BACKUP_STATE),
                         json.dumps({"epochs_done": epoch + 1, "weights": name}) + "\n")
     for old in os.listdir(self.backup_dir):
       if old.endswith(".weights.h5") and old != name:
@@ -139,7 +133,7 @@ class AtomicBackup(keras.callbacks.Callback):
 def restore_backup(model: keras.Model, backup_dir: str) -> int:
   """Loads the committed backup into `model` (built, compiled); returns the epochs it
   holds (0 when there is none)."""
-  state_path = os.path.join(backup_dir, BACKUP_STATE)
+  state_path = os.path.join(backup_dir, conventions.BACKUP_STATE)
   if not os.path.exists(state_path):
     return 0
   with open(state_path) as stream:
@@ -152,7 +146,7 @@ def restore_backup(model: keras.Model, backup_dir: str) -> int:
 
 def committed_epochs(backup_dir: str) -> int:
   """Epochs the committed backup holds (0 when there is none)."""
-  state_path = os.path.join(backup_dir, BACKUP_STATE)
+  state_path = os.path.join(backup_dir, conventions.BACKUP_STATE)
   if not os.path.exists(state_path):
     return 0
   with open(state_path) as stream:
@@ -164,7 +158,7 @@ def truncate_history(workdir: str, epochs: int) -> list:
   backup never committed: they are trained again) and returns them."""
   rows = read_history(workdir)
   if len(rows) > epochs:
-    path = os.path.join(workdir, HISTORY_FILE)
+    path = os.path.join(workdir, conventions.HISTORY_FILE)
     stream = io.StringIO()
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -250,9 +244,9 @@ class CosineSchedule(keras.callbacks.Callback):
 def _callbacks(config: TrainConfig, workdir: str, history: list):
   best_so_far = min((float(row["val_loss"]) for row in history), default=None)
   callbacks = [
-      keras.callbacks.CSVLogger(os.path.join(workdir, HISTORY_FILE), append=True),
+      keras.callbacks.CSVLogger(os.path.join(workdir, conventions.HISTORY_FILE), append=True),
       # On resume, only a model better than the epochs already logged replaces best.keras.
-      SaveBest(os.path.join(workdir, BEST_FILE), best_so_far),
+      SaveBest(os.path.join(workdir, conventions.BEST_FILE), best_so_far),
       keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
       keras.callbacks.TerminateOnNaN(),
   ]
@@ -267,13 +261,13 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
   if config.time_budget_minutes:
     callbacks.append(TimeBudget(config.time_budget_minutes))
-  callbacks.append(AtomicBackup(os.path.join(workdir, BACKUP_DIR)))  # last: commits the epoch
+  callbacks.append(AtomicBackup(os.path.join(workdir, conventions.BACKUP_DIR)))  # last: commits the epoch
   return callbacks
 
 
 def read_history(workdir: str) -> list:
   """Rows of workdir/history.csv (one per finished epoch), [] for a new run."""
-  path = os.path.join(workdir, HISTORY_FILE)
+  path = os.path.join(workdir, conventions.HISTORY_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -298,13 +292,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   resumed = runs.check_or_create(workdir, config)
   with runs.WorkdirLock(workdir):
-    metrics_path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, MODEL_FILE)):
+    metrics_path = os.path.join(workdir, conventions.METRICS_FILE)
+    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, conventions.MODEL_FILE)):
       logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
       with open(metrics_path) as f:
         return json.load(f)
     if not resumed:  # flags.txt works as --flagfile to rerun the same training
-      io_utils.write_text(os.path.join(workdir, "flags.txt"),
+      io_utils.write_text(os.path.join(workdir, conventions.FLAGS_FILE),
                           flags_text if flags_text is not None else json.dumps(
                               dataclasses.asdict(config), indent=2, default=str))
     distribute.initialize(config.distribution)
@@ -320,7 +314,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
 
 def is_finished(workdir: str) -> bool:
   """True if `workdir` holds a finished run (its model and test metrics)."""
-  return all(os.path.exists(os.path.join(workdir, name)) for name in (METRICS_FILE, MODEL_FILE))
+  return all(os.path.exists(os.path.join(workdir, name)) for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
 
 
 def _train(config: TrainConfig, workdir: str, precision: str,
@@ -335,20 +329,20 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
 
-  best_path = os.path.join(workdir, BEST_FILE)
-  model_path = os.path.join(workdir, MODEL_FILE)
-  done_path = os.path.join(workdir, FIT_DONE_FILE)
+  best_path = os.path.join(workdir, conventions.BEST_FILE)
+  model_path = os.path.join(workdir, conventions.MODEL_FILE)
+  done_path = os.path.join(workdir, conventions.FIT_DONE_FILE)
   if os.path.exists(done_path):
     logging.info("%s: training finished earlier; scoring the test split.", workdir)
   else:
-    history = truncate_history(workdir, committed_epochs(os.path.join(workdir, BACKUP_DIR)))
+    history = truncate_history(workdir, committed_epochs(os.path.join(workdir, conventions.BACKUP_DIR)))
     start_epoch = len(history)
     if start_epoch:
       logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
     _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks,
          igm_stats, src_stats)
     io_utils.write_text(done_path, "fit finished; the best model is best.keras or model.keras\n")
-    shutil.rmtree(os.path.join(workdir, BACKUP_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(workdir, conventions.BACKUP_DIR), ignore_errors=True)
     runs.kill_point("fit")
   if os.path.exists(best_path):
     os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
@@ -359,7 +353,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   arrays = metrics.pop("_arrays")
   _write_plots(workdir, arrays)
   runs.kill_point("plots")
-  io_utils.write_text(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+  io_utils.write_text(os.path.join(workdir, conventions.METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
   return metrics
 
 
@@ -407,7 +401,7 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
     logging.warning("The receptive field is off-centre by %.1f cells per axis (sizes floor "
                     "away rows); centred sizes keep the 48 cube symmetries exact.", offset)
   model.summary(print_fn=logging.info)
-  restored = restore_backup(fitted, os.path.join(workdir, BACKUP_DIR))
+  restored = restore_backup(fitted, os.path.join(workdir, conventions.BACKUP_DIR))
   if restored != start_epoch:
     raise RuntimeError(f"backup holds {restored} epochs but history.csv {start_epoch}")
   with distribute.synchronized_batch_norm(model, info):
@@ -477,5 +471,5 @@ def _write_plots(workdir: str, arrays) -> None:
     logging.warning("No plots: %s", err)
     return
   y_true, y_pred = arrays
-  plots.plot_history(os.path.join(workdir, HISTORY_FILE), os.path.join(workdir, "history.png"))
-  plots.plot_pred_vs_true(y_true, y_pred, os.path.join(workdir, "pred_vs_true.png"))
+  plots.plot_history(os.path.join(workdir, conventions.HISTORY_FILE), os.path.join(workdir, conventions.HISTORY_PNG))
+  plots.plot_pred_vs_true(y_true, y_pred, os.path.join(workdir, conventions.PRED_VS_TRUE_PNG))

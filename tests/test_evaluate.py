@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_cnn import conventions
 from keras_cnn import evaluate
 from keras_cnn import inference
 from keras_cnn import metrics
@@ -22,7 +23,8 @@ SHAPE = (10, 9, 8)
 REDSHIFT = 8.397
 BATCH = 32
 METRIC_KEYS = {"r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels", "num_boxes",
-               "full_volume", "r_k_mean", "pk_ratio_mean", "power_spectrum_method", "engine"}
+               "full_volume", "r_k_mean", "pk_ratio_mean", "power_spectrum_method",
+               "engine"} | set(metrics.MAP_SCORE_KEYS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -164,7 +166,7 @@ def test_every_plot_writes_a_png_atomically(tmp_path):
 def test_evaluate_model_scores_the_whole_map(tmp_path, model):
   box = tiny_snapshot()
   result = inference.evaluate_model(model, [box], str(tmp_path), batch_size=BATCH,
-                                   power_spectrum="numpy", progress=False)
+                                   power_spectrum="numpy", progress=False, cell_size_mpc=2.0)
   assert set(result) == METRIC_KEYS
   full_map = inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
                                     progress=False)
@@ -175,7 +177,16 @@ def test_evaluate_model_scores_the_whole_map(tmp_path, model):
   assert result["full_volume"] is True and result["power_spectrum_method"] == "numpy"
   assert result["r_k_mean"] is not None
   assert json.loads((tmp_path / "metrics.json").read_text()) == result
-  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png"):
+  physics = metrics.map_scores(box.x_hii, full_map, box.n_igm, REDSHIFT, 2.0, method="numpy")
+  for key in metrics.MAP_SCORE_KEYS:
+    if isinstance(physics[key], float):
+      assert result[key] == pytest.approx(physics[key], rel=1e-5, abs=1e-9), key
+    else:
+      assert result[key] == physics[key], key
+  for key in ("ionized_accuracy", "xhii_r_k_min", "dtb_r_k_min", "bsd_peak_radius_true_mpc"):
+    assert result[key] is not None, key
+  assert result["bsd_method"] == result["dtb_method"] == "numpy"
+  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "summary.png"):
     assert _is_png(tmp_path / name), name
   rows = (tmp_path / "power_spectrum.csv").read_text().splitlines()
   assert rows[0].startswith("box,k_per_cmpc,pk_true_cmpc3") and len(rows) > 2
@@ -189,6 +200,8 @@ def test_evaluate_samples_voxels_of_large_boxes(tmp_path, model):
                                    max_full_voxels=100, num_examples=50, progress=False)
   assert result["num_voxels"] == 100 and result["num_boxes"] == 2
   assert result["full_volume"] is False and result["r_k_mean"] is None
+  assert 0.0 <= result["ionized_accuracy"] <= 1.0  # pooled over the sampled voxels
+  assert result["xhii_r_k_min"] is None and result["bsd_peak_ratio"] is None
   assert sorted(os.listdir(tmp_path)) == ["metrics.json", "pred_vs_true.png"]
 
 
@@ -222,18 +235,18 @@ def test_command_prints_one_json_line_and_writes_artifacts(tmp_path, model, capf
   printed = json.loads(lines[0])
   assert set(printed) == METRIC_KEYS
   assert json.loads((out / "metrics.json").read_text()) == printed
-  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "history.png"):
+  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "summary.png",
+               "history.png"):
     assert _is_png(out / name), name
 
 
 def test_evaluate_refuses_to_write_into_a_training_workdir(tmp_path, model):
   from absl import app
-  from keras_cnn import runs
 
   workdir = tmp_path / "run"
   workdir.mkdir()
   model.save(str(workdir / "model.keras"))
-  (workdir / runs.MANIFEST_FILE).write_text("{}")
+  (workdir / conventions.MANIFEST_FILE).write_text("{}")
   (workdir / "metrics.json").write_text('{"r2": 0.9}')
   for extra in ([], ["--overwrite"]):
     with flagsaver.flagsaver():

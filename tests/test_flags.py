@@ -9,7 +9,6 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
 from keras_cnn import predict  # noqa: F401  (defines --memory_budget_gb)
 from keras_cnn import train

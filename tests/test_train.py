@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_cnn import conventions
 from keras_cnn import training
 from keras_cnn.model import ModelConfig
 
@@ -197,7 +198,7 @@ def test_a_second_process_is_locked_out(tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   runs.check_or_create(workdir, TINY)
-  with open(os.path.join(workdir, runs.LOCK_FILE), "w") as stream:
+  with open(os.path.join(workdir, conventions.LOCK_FILE), "w") as stream:
     stream.write(str(os.getppid()))  # a live process that is not this one
   with pytest.raises(errors.UserError, match=r"another keras_cnn process \(pid"):
     training.train_and_evaluate(TINY, workdir)

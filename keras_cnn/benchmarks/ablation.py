@@ -16,6 +16,7 @@ import time
 from absl import app
 from absl import flags
 
+from keras_cnn import conventions
 from keras_cnn import model as model_lib
 from keras_cnn import train  # defines every training flag: the base row is the flags
 from keras_cnn import training
@@ -68,15 +69,15 @@ def main(argv):
   for name in _ROWS.value:
     config = row_config(base, ROWS[name])
     workdir = os.path.join(FLAGS.workdir, name)
-    if os.path.exists(os.path.join(workdir, training.METRICS_FILE)):
-      with open(os.path.join(workdir, training.METRICS_FILE)) as f:
+    if os.path.exists(os.path.join(workdir, conventions.METRICS_FILE)):
+      with open(os.path.join(workdir, conventions.METRICS_FILE)) as f:
         metrics = json.load(f)
       seconds = None
     else:
       start = time.monotonic()
       metrics = training.train_and_evaluate(config, workdir)
       seconds = time.monotonic() - start
-    with open(os.path.join(workdir, training.HISTORY_FILE)) as f:
+    with open(os.path.join(workdir, conventions.HISTORY_FILE)) as f:
       epochs = sum(1 for _ in f) - 1
     m = config.model
     print(json.dumps({

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 from keras_cnn.data import simulate
+from keras_cnn import conventions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("radii", ["8", "12", "15", "19", "23"], "Neighbourhood radii in cells.")
@@ -26,7 +27,7 @@ def main(argv) -> None:
   del argv
   import numpy as np
 
-  cell, mfp = 2.381, 50.0  # the simulator's defaults
+  cell, mfp = conventions.CELL_SIZE_MPC, 50.0  # the simulator's defaults
   box = simulate.synthetic_splits(n_cells=FLAGS.n_cells, seed=FLAGS.data_seed)["test"][0]
   full, cell_ratio = simulate.ionizing_ratio(box.rho, box.n_src, cell, mfp)
   zeta = simulate.solve_efficiency(full, cell_ratio, float(box.x_hii.mean()))

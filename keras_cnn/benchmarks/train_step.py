@@ -46,7 +46,6 @@ pool_float32 (AveragePooling3D in float32 under mixed_bfloat16, again via clone_
 
 import dataclasses
 import json
-import math
 import os
 import statistics
 import subprocess

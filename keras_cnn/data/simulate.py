@@ -31,6 +31,7 @@ import scipy.integrate
 import scipy.special
 
 from keras_cnn.data.snapshot import Snapshot
+from keras_cnn import conventions
 
 # Critical density today over h^2, in g/cm^3 and in solar masses per Mpc^3.
 RHO_CRIT0_G_CM3_H2 = 1.87834e-29
@@ -301,7 +302,7 @@ def solve_efficiency(max_ratio: np.ndarray, cell_ratio: np.ndarray, mean_xhii: f
 
 
 def ionize(density: np.ndarray, n_src: np.ndarray, mean_xhii: float = 0.5,
-           cell_size_mpc: float = 2.381, mfp_mpc: float = 50.0,
+           cell_size_mpc: float = conventions.CELL_SIZE_MPC, mfp_mpc: float = 50.0,
            radius_factor: float = 1.15, workers: Optional[int] = None):
   """Excursion-set x_HII of any (density, sources) box, tuned to `mean_xhii`.
 
@@ -324,7 +325,7 @@ def ionize(density: np.ndarray, n_src: np.ndarray, mean_xhii: float = 0.5,
 
 
 def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.397,
-                      cell_size_mpc: float = 2.381, mean_xhii: float = 0.5,
+                      cell_size_mpc: float = conventions.CELL_SIZE_MPC, mean_xhii: float = 0.5,
                       mfp_mpc: float = 50.0, sources_per_cell: float = 0.2,
                       min_halo_mass_msun: float = 1e9, radius_factor: float = 1.15,
                       cosmology: Cosmology = PLANCK18,
@@ -335,7 +336,7 @@ def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.39
     n_cells: cells per side (int) or per axis (3 ints; non-cubic boxes are fine).
     seed: realization seed; density and sources use independent streams from it.
     redshift: sets the growth factor (density contrast) and the mean density.
-    cell_size_mpc: comoving cell side (2.381 Mpc, as the original C2-Ray boxes).
+    cell_size_mpc: comoving cell side (default: that of the original C2-Ray boxes).
     mean_xhii: volume-averaged ionized fraction the efficiency is solved for.
     mfp_mpc: photon mean free path, the largest ionizing sphere radius.
     sources_per_cell: mean source count per cell (most cells still hold none).
@@ -361,14 +362,13 @@ def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.39
                   name=f"synthetic(seed={seed}, n_cells={shape}, z={redshift:.3f})")
 
 
-SPLITS = ("train", "validation", "test")
 
 
 def split_seeds(seed: int, num_train: int = 1, num_validation: int = 1, num_test: int = 1):
   """Seeds of the realizations of each split: disjoint streams derived from `seed`."""
   counts = {"train": num_train, "validation": num_validation, "test": num_test}
   return {split: [_seed_for(seed, 100 + s, i) for i in range(counts[split])]
-          for s, split in enumerate(SPLITS)}
+          for s, split in enumerate(conventions.SPLITS)}
 
 
 def synthetic_splits(n_cells: Shape = 64, seed: int = 0, num_train: int = 1,
@@ -388,4 +388,4 @@ def synthetic_splits(n_cells: Shape = 64, seed: int = 0, num_train: int = 1,
   """
   seeds = split_seeds(seed, num_train, num_validation, num_test)
   return {split: [simulate_snapshot(n_cells, seed=s, **kwargs) for s in seeds[split]]
-          for split in SPLITS}
+          for split in conventions.SPLITS}

@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from keras_cnn import conventions
 from keras_cnn.data import snapshot as snapshot_lib
 
-SPLITS = ("train", "validation", "test")
 SYNTHETIC = "synthetic"
 
 
@@ -41,11 +41,16 @@ def load_box(data_dir: Optional[str], redshift: Optional[float], dataset: str,
              split: str = "test", tfds_data_dir: Optional[str] = None,
              n_cells: int = 64, mean_xhii: float = 0.5, data_seed: int = 0,
              radius: Optional[int] = None,
-             require_target: bool = True) -> List[snapshot_lib.Snapshot]:
-  """The whole snapshots of one split (a user folder ignores `split`)."""
+             require_target: bool = True, data_format: str = "auto",
+             box_size_mpc: Optional[float] = None) -> List[snapshot_lib.Snapshot]:
+  """The whole snapshots of one split (a user folder ignores `split`).
+
+  `data_format` and `box_size_mpc` apply to `data_dir` (see `snapshot_lib.load_snapshot`).
+  """
   if data_dir:
     return [snapshot_lib.load_snapshot(data_dir, redshift=redshift, radius=radius,
-                                       require_target=require_target)]
+                                       require_target=require_target,
+                                       data_format=data_format, box_size_mpc=box_size_mpc)]
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate  # heavy imports only when simulating
     return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed,
@@ -67,16 +72,16 @@ def load_splits(data_dir: Optional[str], redshift: Optional[float], dataset: str
     box = snapshot_lib.load_snapshot(data_dir, redshift=redshift, radius=radius)
     regions = pipeline.split_regions(box.shape, radius)
     # One Snapshot for all three slabs: its overdensity is computed once.
-    return {split: SplitData([box], region=regions[split]) for split in SPLITS}
+    return {split: SplitData([box], region=regions[split]) for split in conventions.SPLITS}
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
     splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)
     for snaps in splits.values():
       for snap in snaps:
         snapshot_lib.validate_snapshot(snap, radius=radius)
-    return {split: SplitData(splits[split]) for split in SPLITS}
+    return {split: SplitData(splits[split]) for split in conventions.SPLITS}
   return {split: SplitData(load_box(None, None, dataset, split, tfds_data_dir, radius=radius))
-          for split in SPLITS}
+          for split in conventions.SPLITS}
 
 
 def normalization_stats(data: SplitData, source_transform: str):

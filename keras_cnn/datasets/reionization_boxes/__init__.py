@@ -10,6 +10,8 @@ from keras_cnn.datasets.reionization_boxes.reionization_boxes_dataset_builder im
 from keras_cnn.datasets.reionization_boxes.reionization_boxes_dataset_builder import (
     ReionizationBoxesConfig)
 
+__all__ = ["Builder", "DATASET_NAME", "ReionizationBoxesConfig", "load_tfds_snapshots"]
+
 DATASET_NAME = "reionization_boxes"
 
 

@@ -19,10 +19,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from keras_cnn import conventions
 from keras_cnn.data import simulate
 from keras_cnn.data import snapshot as snapshot_lib
 
-SPLITS = simulate.SPLITS
 _SNAPSHOT_GLOB = "rho_z*.npy"
 _EXPECTED_FILES = ("rho_z{z:.3f}.npy", "nsrc_z{z:.3f}.npy", "xHII_z{z:.3f}.npy")
 
@@ -62,8 +62,8 @@ class ReionizationBoxesConfig(tfds.core.BuilderConfig):
 def _synthetic(name: str, n_cells: int, num_train: int) -> ReionizationBoxesConfig:
   return ReionizationBoxesConfig(
       name=name, n_cells=n_cells, num_train=num_train,
-      description=(f"{n_cells}^3 synthetic boxes of 2.381 cMpc cells at z=8.397, mean x_HII "
-                   f"0.5; {num_train} train, 1 validation, 1 test realization, seed 0."))
+      description=(f"{n_cells}^3 synthetic boxes of {conventions.CELL_SIZE_MPC} cMpc cells "
+                   f"at z=8.397, mean x_HII 0.5; {num_train} train, 1 validation, 1 test realization, seed 0."))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -115,9 +115,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
     if not config.is_manual:
-      return {split: self._generate_examples(split) for split in SPLITS}
+      return {split: self._generate_examples(split) for split in conventions.SPLITS}
     manual_dir = epath.Path(dl_manager.manual_dir)
-    split_dirs = {s: manual_dir / s for s in SPLITS if (manual_dir / s).is_dir()}
+    split_dirs = {s: manual_dir / s for s in conventions.SPLITS if (manual_dir / s).is_dir()}
     if not split_dirs:
       split_dirs = {"train": manual_dir}
     found = {split: _snapshot_folders(path) for split, path in split_dirs.items()}
