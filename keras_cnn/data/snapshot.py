@@ -4,26 +4,28 @@ The caller-side preprocessing is defined here once: `overdensity(rho)`.
 Everything else (source transform, standardization) happens inside the model.
 
 On disk a snapshot is a folder holding the original project's files,
-`rho_z{z:.3f}.npy`, `nsrc_z{z:.3f}.npy` and `xHII_z{z:.3f}.npy` (several redshifts
-may share a folder). `load_snapshot` checks them before any training starts and
-raises `SnapshotError` with a one-line message naming the file, the field and the
-problem.
+`rho_z{z:.3f}.npy`, `nsrc_z{z:.3f}.npy` and `xHII_z{z:.3f}.npy`, or the files of
+C2-Ray, pyC2Ray or 21cmFAST (`keras_cnn.data.formats`); several redshifts may share a
+folder. `load_snapshot` checks them before any training starts and raises
+`SnapshotError` with a one-line message naming the file, the field and the problem.
 """
 
 import dataclasses
 import functools
 import os
-import re
 import tempfile
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from keras_cnn import errors
 
+if TYPE_CHECKING:
+  from keras_cnn.data import formats
+
 # Field name -> file prefix (the original C2-Ray naming).
 FILE_PREFIXES = {"rho": "rho", "n_src": "nsrc", "x_hii": "xHII"}
-_FILE_PATTERN = re.compile(r"^(rho|nsrc|xHII)_z(\d+(?:\.\d+)?)\.npy$")
 
 
 class SnapshotError(errors.UserError):
@@ -40,6 +42,7 @@ class Snapshot:
     x_hii: ionized fraction in [0, 1]; None when only predicting.
     redshift: snapshot redshift.
     name: where it came from (a path, or "synthetic(seed=...)"), used in messages.
+    paths: {field: the file it was read from}, when read from files.
   """
 
   rho: np.ndarray
@@ -47,6 +50,7 @@ class Snapshot:
   x_hii: Optional[np.ndarray]
   redshift: float
   name: str = ""
+  paths: Optional[Dict[str, str]] = None
 
   @property
   def shape(self):
@@ -72,64 +76,119 @@ def snapshot_filename(field: str, redshift: float) -> str:
 
 def _field_label(snapshot: Snapshot, field: str) -> str:
   """The file a field came from when the snapshot is a folder, else the snapshot name."""
+  if snapshot.paths and field in snapshot.paths:
+    return snapshot.paths[field]
   if snapshot.name and os.path.isdir(snapshot.name):
     return os.path.join(snapshot.name, snapshot_filename(field, snapshot.redshift))
   return snapshot.name or "<in-memory snapshot>"
 
 
-def _npy_files(data_dir: str) -> List[str]:
-  return sorted(f for f in os.listdir(data_dir) if f.endswith(".npy"))
+def _listing(data_dir: str, limit: int = 12) -> str:
+  """The names in `data_dir`, for messages: at most `limit`, then how many more."""
+  names = sorted(os.listdir(data_dir))
+  shown = ", ".join(names[:limit]) or "no files"
+  return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def list_redshifts(data_dir: str) -> List[float]:
-  """Sorted redshifts that have at least one of the three files in `data_dir`."""
-  if not os.path.isdir(data_dir):
-    raise SnapshotError(f"{data_dir}: no such folder (expected a folder of "
-                        "rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy)")
-  found = set()
-  for filename in os.listdir(data_dir):
-    match = _FILE_PATTERN.match(filename)
-    if match:
-      found.add(f"{float(match.group(2)):.3f}")
-  return sorted(float(z) for z in found)
+def list_redshifts(data_dir: str, data_format: str = "auto") -> List[float]:
+  """Sorted redshifts that have at least one field file in `data_dir`.
+
+  Files are matched across fields by value, within `formats.REDSHIFT_TOLERANCE`.
+  """
+  from keras_cnn.data import formats  # formats imports this module
+
+  return [snap.redshift for snap in formats.scan(data_dir, data_format)]
 
 
-def _pick_redshift(data_dir: str, redshift: Optional[float]) -> float:
-  available = list_redshifts(data_dir)
-  listed = ", ".join(f"{z:.3f}" for z in available)
-  if not available:
-    existing = ", ".join(_npy_files(data_dir)) or "no .npy files"
+def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
+                   redshift: Optional[float], data_format: str) -> "formats.SnapshotFiles":
+  from keras_cnn.data import formats
+
+  listed = ", ".join(formats.format_redshift(s.redshift) for s in snapshots)
+  if not snapshots:
+    others = "" if data_format == "auto" else f" (--data_format={data_format})"
     raise SnapshotError(
-        f"{data_dir}: no snapshot files; expected rho_z{{z:.3f}}.npy, nsrc_z{{z:.3f}}.npy, "
-        f"xHII_z{{z:.3f}}.npy; found: {existing}")
+        f"{data_dir}: no snapshot files{others}; expected rho_z{{z:.3f}}.npy, "
+        "nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy or C2-Ray, pyC2Ray or 21cmFAST files "
+        f"(see --data_format); found: {_listing(data_dir)}")
   if redshift is None:
-    if len(available) > 1:
+    if len(snapshots) > 1:
       raise SnapshotError(
           f"{data_dir}: several redshifts ({listed}); pick one with --redshift")
-    return available[0]
-  wanted = f"{float(redshift):.3f}"
-  if wanted not in {f"{z:.3f}" for z in available}:
+    return snapshots[0]
+  nearest = min(snapshots, key=lambda s: abs(s.redshift - float(redshift)))
+  if abs(nearest.redshift - float(redshift)) > formats.REDSHIFT_TOLERANCE:
     raise SnapshotError(
-        f"{data_dir}: no snapshot at --redshift={wanted}; available: {listed}")
-  return float(wanted)
+        f"{data_dir}: no snapshot at --redshift={formats.format_redshift(float(redshift))}; "
+        f"available: {listed}")
+  return nearest
 
 
-def _load_field(path: str, field: str) -> np.ndarray:
-  """Reads one .npy as float32 without unpickling; memory-maps to avoid a float64 copy."""
-  try:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-  except ValueError as error:
-    if "Python objects" in str(error) or "allow_pickle" in str(error):
-      raise SnapshotError(
-          f"{path}: field '{field}' is an object/pickled array; save a numeric array "
-          "(np.save(path, array.astype(np.float32)))") from None
-    raise SnapshotError(f"{path}: field '{field}' is not a readable .npy file ({error})") from None
-  except (OSError, EOFError) as error:
-    raise SnapshotError(f"{path}: field '{field}' cannot be read ({error})") from None
-  if not isinstance(array, np.ndarray):
-    raise SnapshotError(f"{path}: field '{field}' is an .npz archive, expected a single .npy array")
-  _check_dtype(array, path, field)
-  return np.array(array, dtype=np.float32)
+def _missing_field(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
+                   chosen: "formats.SnapshotFiles", field: str) -> "SnapshotError":
+  """The error for a field without a file at the chosen redshift."""
+  from keras_cnn.data import formats
+
+  found = [chosen.files[f] for f in formats.FIELDS if f in chosen.files]
+  layout = found[0].data_format if found else "npy"
+  expected = formats.expected_names(layout, chosen.redshift)
+  path = os.path.join(data_dir, expected[field]) if layout != "21cmfast" else data_dir
+  elsewhere = [s.files[field] for s in snapshots if field in s.files]
+  hint = ""
+  if elsewhere:
+    near = min(elsewhere, key=lambda f: abs(f.redshift - chosen.redshift))
+    hint = (f" (the nearest file of '{field}' is {os.path.basename(near.label)} at "
+            f"z={formats.format_redshift(near.redshift)})")
+  names = ", ".join(os.path.basename(f.label) for f in found) or "no files"
+  return SnapshotError(
+      f"{path}: missing file for field '{field}'; expected "
+      f"{', '.join(expected[f] for f in formats.FIELDS)}; found: {names}{hint}")
+
+
+def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_target: bool = True,
+                  radius: Optional[int] = None, data_format: str = "auto",
+                  box_size_mpc: Optional[float] = None) -> Snapshot:
+  """Reads and checks one snapshot of a folder.
+
+  Args:
+    data_dir: folder with rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy and xHII_z{z:.3f}.npy, or
+      with C2-Ray, pyC2Ray or 21cmFAST files (see `keras_cnn.data.formats`).
+    redshift: which snapshot, when the folder holds several (matched by value, within
+      `formats.REDSHIFT_TOLERANCE`).
+    require_target: False when only predicting (the x_HII file may be absent).
+    radius: the model's crop radius; checks 2r+1 <= N on every axis.
+    data_format: one of `formats.DATA_FORMATS`; "auto" detects the layout field by field.
+    box_size_mpc: CubeP3M box side in cMpc/h: C2-Ray source-list masses in solar masses
+      rather than grid units.
+
+  Returns:
+    A validated Snapshot; its name is `data_dir`, its redshift that of the files.
+
+  Raises:
+    SnapshotError: one line naming the file, the field and the problem.
+  """
+  from keras_cnn.data import formats
+
+  snapshots = formats.scan(data_dir, data_format)
+  for snap in snapshots:
+    logging.info("%s: %s", data_dir, snap.describe())
+  chosen = _pick_snapshot(data_dir, snapshots, redshift, data_format)
+  fields = ("rho", "n_src", "x_hii") if require_target else ("rho", "n_src")
+  for field in fields:
+    if field not in chosen.files:
+      raise _missing_field(data_dir, snapshots, chosen, field)
+  arrays = {}
+  # Source lists are gridded on the mesh of the density, so the density comes first.
+  for field in ("rho", "x_hii", "n_src"):
+    if field in chosen.files:
+      item = chosen.files[field]
+      mesh = arrays["rho"].shape if field == "n_src" else None
+      arrays[field] = formats.read_field(item, mesh=mesh, box_size_mpc=box_size_mpc)
+  snapshot = Snapshot(rho=arrays["rho"], n_src=arrays["n_src"], x_hii=arrays.get("x_hii"),
+                      redshift=chosen.redshift, name=data_dir,
+                      paths={field: item.label for field, item in chosen.files.items()})
+  validate_snapshot(snapshot, radius=radius, require_target=require_target)
+  return snapshot
 
 
 def _check_dtype(array: np.ndarray, label: str, field: str) -> None:
@@ -139,41 +198,6 @@ def _check_dtype(array: np.ndarray, label: str, field: str) -> None:
   if kind not in "biuf":
     raise SnapshotError(
         f"{label}: field '{field}' has dtype {array.dtype}, expected real numbers")
-
-
-def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_target: bool = True,
-                  radius: Optional[int] = None) -> Snapshot:
-  """Reads and checks one snapshot folder in the original naming.
-
-  Args:
-    data_dir: folder with rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy and xHII_z{z:.3f}.npy.
-    redshift: which snapshot, when the folder holds several (matched to 3 decimals).
-    require_target: False when only predicting (xHII file may be absent).
-    radius: the model's crop radius; checks 2r+1 <= N on every axis.
-
-  Returns:
-    A validated Snapshot; its name is `data_dir`.
-
-  Raises:
-    SnapshotError: one line naming the file, the field and the problem.
-  """
-  redshift = _pick_redshift(data_dir, redshift)
-  fields = ("rho", "n_src", "x_hii") if require_target else ("rho", "n_src")
-  expected = [snapshot_filename(f, redshift) for f in FILE_PREFIXES]
-  arrays = {}
-  for field in FILE_PREFIXES:
-    path = os.path.join(data_dir, snapshot_filename(field, redshift))
-    if not os.path.exists(path):
-      if field not in fields:
-        continue
-      raise SnapshotError(
-          f"{path}: missing file for field '{field}'; expected {', '.join(expected)}; "
-          f"found: {', '.join(_npy_files(data_dir)) or 'no .npy files'}")
-    arrays[field] = _load_field(path, field)
-  snapshot = Snapshot(rho=arrays["rho"], n_src=arrays["n_src"], x_hii=arrays.get("x_hii"),
-                      redshift=redshift, name=data_dir)
-  validate_snapshot(snapshot, radius=radius, require_target=require_target)
-  return snapshot
 
 
 def validate_snapshot(snapshot: Snapshot, radius: Optional[int] = None,
