@@ -210,3 +210,200 @@ def test_overdensity_has_zero_mean():
   delta = snapshot_lib.overdensity(rho)
   assert delta.dtype == np.float32
   assert abs(float(delta.mean())) < 1e-6
+
+
+# --- Files that are not what their name says: refused before they are opened or read.
+
+
+@pytest.fixture
+def no_hang():
+  """Fails a test that blocks (e.g. by opening a FIFO) instead of hanging the suite."""
+  import signal
+
+  def _timeout(signum, frame):
+    raise TimeoutError("the loader blocked")
+
+  previous = signal.signal(signal.SIGALRM, _timeout)
+  signal.alarm(20)
+  yield
+  signal.alarm(0)
+  signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifo_is_refused_without_being_opened(tmp_path, no_hang):
+  fields = _fields()
+  del fields["rho"]
+  data_dir = _write(tmp_path / "box", fields)
+  os.mkfifo(os.path.join(data_dir, "rho_z8.397.npy"))
+  with pytest.raises(SnapshotError) as error:
+    snapshot_lib.load_snapshot(data_dir)
+  assert str(error.value) == (f"{os.path.join(data_dir, 'rho_z8.397.npy')}: field 'rho' is a "
+                              "FIFO (named pipe), not a regular file")
+
+
+def test_folder_named_like_a_field_is_refused(tmp_path):
+  fields = _fields()
+  del fields["xHII"]
+  data_dir = _write(tmp_path / "box", fields)
+  os.mkdir(os.path.join(data_dir, "xHII_z8.397.npy"))
+  with pytest.raises(SnapshotError, match=r"xHII_z8\.397\.npy: field 'x_hii' is a folder, not a "
+                     "regular file"):
+    snapshot_lib.load_snapshot(data_dir)
+
+
+@pytest.mark.parametrize("content", [b"density in g/cm^3\n1.0 2.0 3.0\n", b"",
+                                     b"\x80\x04\x95pickle", b"PK\x03\x04 an npz archive"],
+                         ids=["text", "empty", "pickle", "npz"])
+def test_non_npy_content_is_refused(tmp_path, content):
+  data_dir = _write(tmp_path / "box")
+  path = os.path.join(data_dir, "nsrc_z8.397.npy")
+  with open(path, "wb") as stream:
+    stream.write(content)
+  with pytest.raises(SnapshotError) as error:
+    snapshot_lib.load_snapshot(data_dir)
+  assert str(error.value).startswith(f"{path}: field 'n_src' is not a NumPy .npy file")
+  assert "\n" not in str(error.value)
+
+
+def _npy_header(path, shape, descr="<f8"):
+  """Writes only the .npy header of an array of `shape`; returns the header length."""
+  with open(path, "wb") as stream:
+    np.lib.format.write_array_header_1_0(
+        stream, {"descr": descr, "fortran_order": False, "shape": shape})
+    return stream.tell()
+
+
+BIG_SHAPE = (2048, 2048, 3200)  # 100 GiB of float64
+
+
+def test_header_larger_than_the_file_is_refused(tmp_path):
+  data_dir = _write(tmp_path / "box")
+  path = os.path.join(data_dir, "rho_z8.397.npy")
+  _npy_header(path, BIG_SHAPE)
+  with open(path, "ab") as stream:
+    stream.write(b"\0" * 4096)
+  with pytest.raises(SnapshotError) as error:
+    snapshot_lib.load_snapshot(data_dir)
+  assert str(error.value) == (
+      f"{path}: field 'rho' is not a readable .npy file (truncated: the header declares shape "
+      "(2048, 2048, 3200) of float64, 107374182400 bytes, but the file holds 4096 bytes after "
+      "the header)")
+
+
+def test_sparse_file_larger_than_memory_is_refused_before_allocation(tmp_path, monkeypatch):
+  from keras_cnn.data import formats
+
+  data_dir = _write(tmp_path / "box")
+  path = os.path.join(data_dir, "rho_z8.397.npy")
+  offset = _npy_header(path, BIG_SHAPE)
+  try:
+    with open(path, "r+b") as stream:
+      stream.truncate(offset + 8 * int(np.prod(BIG_SHAPE)))  # sparse: no blocks written
+    monkeypatch.setattr(formats, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(np, "load", None)  # reading would be a bug: fail loudly
+    with pytest.raises(SnapshotError) as error:
+      snapshot_lib.load_snapshot(data_dir)
+  finally:
+    os.remove(path)
+  assert str(error.value) == (
+      f"{path}: field 'rho' declares shape (2048, 2048, 3200) of float64: loading it needs "
+      "53687091200 bytes (53.7 GB) of memory but 8589934592 bytes (8.59 GB) are available")
+
+
+def test_available_memory_is_known_on_linux():
+  from keras_cnn.data import formats
+
+  available = formats.available_memory()
+  assert available is None or available > 0
+
+
+def test_bytes_beyond_the_array_are_refused(tmp_path):
+  data_dir = _write(tmp_path / "box")
+  path = os.path.join(data_dir, "xHII_z8.397.npy")
+  with open(path, "ab") as stream:
+    stream.write(b"\0" * 8)
+  with pytest.raises(SnapshotError, match=r"xHII_z8\.397\.npy: field 'x_hii' is not a readable "
+                     r"\.npy file \(longer than its header says: .* 4096 bytes, but the file "
+                     r"holds 4104 bytes"):
+    snapshot_lib.load_snapshot(data_dir)
+
+
+def test_float32_npy_is_memory_mapped_copy_on_write(tmp_path):
+  fields = {k: v.astype(np.float32) for k, v in _fields().items()}
+  data_dir = _write(tmp_path / "box", fields)
+  snap = snapshot_lib.load_snapshot(data_dir)
+  assert isinstance(snap.rho, np.memmap) and snap.rho.flags.writeable
+  snap.rho[0, 0, 0] = 1.0  # stays in this process
+  on_disk = np.load(os.path.join(data_dir, "rho_z8.397.npy"))
+  np.testing.assert_array_equal(on_disk, fields["rho"])
+  np.testing.assert_array_equal(snap.x_hii, fields["xHII"])
+
+
+# --- Redshifts: matched by value, not by their three-decimal spelling.
+
+
+def test_nearby_redshifts_are_not_confused(tmp_path):
+  folder = tmp_path / "box"
+  folder.mkdir()
+  for redshift, seed in (("8.4", 1), ("8.3974", 2)):
+    for prefix, array in _fields(seed=seed).items():
+      np.save(folder / f"{prefix}_z{redshift}.npy", array)
+  data_dir = str(folder)
+  assert snapshot_lib.list_redshifts(data_dir) == [8.3974, 8.4]
+  with pytest.raises(SnapshotError, match=r"several redshifts \(8\.3974, 8\.400\)"):
+    snapshot_lib.load_snapshot(data_dir)
+  for redshift, seed in ((8.4, 1), (8.3974, 2)):
+    snap = snapshot_lib.load_snapshot(data_dir, redshift=redshift)
+    assert snap.redshift == redshift
+    np.testing.assert_array_equal(snap.rho, _fields(seed=seed)["rho"].astype(np.float32))
+  with pytest.raises(SnapshotError, match=r"no snapshot at --redshift=8\.399; available: "
+                     r"8\.3974, 8\.400"):
+    snapshot_lib.load_snapshot(data_dir, redshift=8.399)
+
+
+def test_fields_match_across_spellings_within_the_tolerance(tmp_path):
+  folder = tmp_path / "box"
+  folder.mkdir()
+  fields = _fields()
+  np.save(folder / "rho_z8.3974.npy", fields["rho"])
+  np.save(folder / "nsrc_z8.397.npy", fields["nsrc"])
+  np.save(folder / "xHII_z8.3971.npy", fields["xHII"])
+  assert snapshot_lib.list_redshifts(str(folder)) == [8.3974]
+  snap = snapshot_lib.load_snapshot(str(folder), redshift=8.397)
+  assert snap.redshift == 8.3974
+  assert snap.paths["x_hii"] == str(folder / "xHII_z8.3971.npy")
+
+
+def test_two_files_of_one_field_within_the_tolerance_are_an_error(tmp_path):
+  data_dir = _write(tmp_path / "box")
+  np.save(os.path.join(data_dir, "rho_z8.3972.npy"), _fields()["rho"])
+  with pytest.raises(SnapshotError) as error:
+    snapshot_lib.list_redshifts(data_dir)
+  assert str(error.value) == (
+      f"{os.path.join(data_dir, 'rho_z8.397.npy')}: field 'rho' has two files at redshifts "
+      "closer than 0.0005: rho_z8.397.npy (z=8.397) and rho_z8.3972.npy (z=8.3972); keep one, "
+      "or choose a layout with --data_format")
+
+
+def test_chained_redshifts_are_an_error(tmp_path):
+  folder = tmp_path / "box"
+  folder.mkdir()
+  fields = _fields()
+  np.save(folder / "rho_z8.3970.npy", fields["rho"])
+  np.save(folder / "xHII_z8.3974.npy", fields["xHII"])
+  np.save(folder / "nsrc_z8.3978.npy", fields["nsrc"])
+  with pytest.raises(SnapshotError, match=r"nsrc_z8\.3978\.npy: redshift 8\.3978 is within "
+                     r"0\.0005 of xHII_z8\.3974\.npy \(z=8\.3974\) but not of the rest"):
+    snapshot_lib.load_snapshot(str(folder))
+
+
+def test_missing_field_names_the_nearest_file_of_that_field(tmp_path):
+  fields = _fields()
+  nsrc = fields.pop("nsrc")
+  data_dir = _write(tmp_path / "box", fields)
+  np.save(os.path.join(data_dir, "nsrc_z8.398.npy"), nsrc)
+  with pytest.raises(SnapshotError) as error:
+    snapshot_lib.load_snapshot(data_dir, redshift=8.397)
+  assert str(error.value).endswith(
+      "found: rho_z8.397.npy, xHII_z8.397.npy (the nearest file of 'n_src' is "
+      "nsrc_z8.398.npy at z=8.398)")
