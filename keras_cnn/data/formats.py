@@ -8,7 +8,8 @@ reads one field as a float32 array indexed (x, y, z). Layouts (`--data_format`):
 - `c2ray`: C2-Ray and its CubeP3M inputs.
   `xfrac3d_<z>.bin`: x_HII as written by C2-Ray, a Fortran unformatted sequential
   file: one record of 3 int32 mesh sizes, one record of the mesh in Fortran order,
-  float64 (float32 in old runs); also read without record markers.
+  float64 (float32 in old runs), either byte order; also read without record markers.
+  A record over 2 GiB (which gfortran splits into subrecords) is not read.
   `<z>n_all.dat`: CubeP3M density, 3 int32 mesh sizes then float32 in Fortran order
   (no record markers), in simulation units (the model only sees rho / mean - 1).
   `<z>-coarsest_wsubgrid_sources.dat` (or `<z>-coarsest_sources.dat`): C2-Ray source
@@ -119,7 +120,7 @@ class FieldFile:
 
   @property
   def data_format(self) -> str:
-    """The `--data_format` family of the file ('npy' for pyC2Ray's .npy files too)."""
+    """The `--data_format` that names the file (pyC2Ray's xfrac .npy files: 'pyc2ray')."""
     if self.layout == "npy" and os.path.basename(self.path).startswith("xfrac"):
       return "pyc2ray"
     return _FORMAT_OF_LAYOUT[self.layout]
@@ -133,8 +134,8 @@ class SnapshotFiles:
   files: Dict[str, FieldFile]
 
   def describe(self) -> str:
-    parts = [f"{field}: {os.path.basename(self.files[field].path)}"
-             + (f" ({self.files[field].group})" if self.files[field].group else "")
+    """One line: the redshift and the file of every field found."""
+    parts = [f"{field}: {os.path.basename(self.files[field].label)}"
              for field in FIELDS if field in self.files]
     return f"z={format_redshift(self.redshift)}: " + ", ".join(parts)
 
