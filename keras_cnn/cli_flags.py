@@ -97,6 +97,24 @@ def define_data_flags() -> None:
                            message="--mean_xhii must be in (0, 1)")
 
 
+def define_format_flags() -> None:
+  """The layout of --data_dir's files (evaluate and predict read them through these)."""
+  if not _once("data_format"):
+    return
+  from keras_cnn.data import formats
+
+  flags.DEFINE_enum("data_format", "auto", list(formats.DATA_FORMATS),
+                    "Layout of the --data_dir files: auto detects it field by field; npy "
+                    "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "
+                    "{z}-coarsest_wsubgrid_sources.dat), pyc2ray (xfrac_z{z}.dat), 21cmfast "
+                    "(HDF5 PerturbedField, IonizedBox, HaloBox).")
+  flags.DEFINE_float("box_size_mpc", None,
+                     "CubeP3M box side in cMpc/h (a box tools21cm knows, e.g. 244): C2-Ray "
+                     "source masses in solar masses instead of grid units (needs tools21cm).")
+  flags.register_validator("box_size_mpc", lambda v: v is None or (math.isfinite(v) and v > 0),
+                           message="--box_size_mpc must be a finite number > 0")
+
+
 def define_train_flags() -> None:
   """Optimization, callbacks and output of `keras_cnn.train`."""
   define_model_flags()
@@ -183,6 +201,7 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
 def _define_apply_flags() -> None:
   """Flags of evaluate and predict beyond the data: model, split, output, progress."""
   define_model_input_flags()
+  define_format_flags()
   if not _once("out"):
     return
   # Required, but checked in main (`require_flags`) rather than marked: a required
@@ -309,7 +328,9 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
       flag_values.data_dir, flag_values.redshift, flag_values.dataset,
       split=flag_values.split, tfds_data_dir=flag_values.tfds_data_dir,
       n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
-      data_seed=flag_values.data_seed, radius=radius, require_target=require_target)
+      data_seed=flag_values.data_seed, radius=radius, require_target=require_target,
+      data_format=flag_values.data_format if "data_format" in flag_values else "auto",
+      box_size_mpc=flag_values.box_size_mpc if "box_size_mpc" in flag_values else None)
 
 
 def run(main) -> None:
