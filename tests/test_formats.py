@@ -362,3 +362,52 @@ def test_box_size_gives_source_masses_in_solar_masses(tmp_path):
   np.testing.assert_allclose(snap.n_src, grid.astype(np.float32), rtol=1e-6)
   with pytest.raises(SnapshotError, match=r"--box_size_mpc=100: Invalid boxsize"):
     snapshot_lib.load_snapshot(str(tmp_path), box_size_mpc=100)
+
+
+# --- The command-line flags reach the loader.
+
+
+class _FlagValues(dict):
+  """Just what `cli_flags.load_box_from_flags` reads of parsed flags."""
+
+  __getattr__ = dict.__getitem__
+
+
+def test_format_flags_are_passed_to_the_loader(tmp_path):
+  from keras_cnn import cli_flags
+
+  rho, x_hii, _ = _box()
+  for prefix, array in (("rho", rho), ("nsrc", np.zeros(SHAPE)), ("xHII", x_hii)):
+    np.save(tmp_path / f"{prefix}_z8.397.npy", array)
+  write_cbin(tmp_path / "8.397n_all.dat", rho * 2)  # a second density file: auto refuses
+  flag_values = _FlagValues(
+      data_dir=str(tmp_path), redshift=None, dataset="synthetic", split="test",
+      tfds_data_dir=None, n_cells=8, mean_xhii=0.5, data_seed=0, data_format="auto",
+      box_size_mpc=None)
+  with pytest.raises(SnapshotError, match="choose a layout with --data_format"):
+    cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
+  for data_format, want in (("npy", rho), ("c2ray", None)):
+    flag_values["data_format"] = data_format
+    if want is None:
+      with pytest.raises(SnapshotError, match="missing file for field 'n_src'"):
+        cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
+      continue
+    (box,) = cli_flags.load_box_from_flags(radius=1, require_target=True,
+                                           flag_values=flag_values)
+    np.testing.assert_array_equal(box.rho, want.astype(np.float32))
+
+
+def test_bad_format_flag_values_are_rejected():
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from keras_cnn import cli_flags
+
+  cli_flags.define_format_flags()
+  with flagsaver.flagsaver():
+    for arg, message in (("--box_size_mpc=-1", "--box_size_mpc must be a finite number > 0"),
+                         ("--data_format=gadget", "value should be one of")):
+      flags.FLAGS.unparse_flags()
+      with pytest.raises(flags.IllegalFlagValueError, match=message):
+        flags.FLAGS(["prog", arg])
+    flags.FLAGS.unparse_flags()
