@@ -179,8 +179,12 @@ def scan(data_dir: str, data_format: str = "auto") -> List[SnapshotFiles]:
     raise SnapshotError(f"{data_dir}: no such folder (expected a folder of "
                         "rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy or of "
                         "C2-Ray, pyC2Ray or 21cmFAST files, see --data_format)")
+  try:
+    names = sorted(os.listdir(data_dir))
+  except OSError as error:
+    raise SnapshotError(f"{data_dir}: cannot list the folder ({error.strerror})") from None
   found: List[FieldFile] = []
-  for name in sorted(os.listdir(data_dir)):
+  for name in names:
     path = os.path.join(data_dir, name)
     for pattern, field, layout, formats in _NAMED_LAYOUTS:
       match = pattern.match(name)
