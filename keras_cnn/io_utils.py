@@ -1,8 +1,11 @@
-"""Atomic writes: a file is either complete or absent, never half-written."""
+"""Atomic writes (a file is either complete or absent, never half-written) and the
+training history file."""
 
 import contextlib
+import csv
 import os
 import tempfile
+from typing import Dict, List
 
 
 @contextlib.contextmanager
@@ -31,3 +34,12 @@ def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically."""
   with atomic_open(path, "w") as stream:
     stream.write(text)
+
+
+def read_history(history_csv: str) -> List[Dict[str, str]]:
+  """Rows of a Keras CSVLogger file (one per finished epoch); [] when it is absent
+  or empty."""
+  if not os.path.exists(history_csv):
+    return []
+  with open(history_csv, newline="") as stream:
+    return list(csv.DictReader(stream))

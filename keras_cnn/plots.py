@@ -6,7 +6,6 @@ Every function writes its PNG atomically (a temporary file in the same folder,
 then `os.replace`): a reader never sees a half-written image.
 """
 
-import csv
 from typing import Dict, Optional
 
 import numpy as np
@@ -34,10 +33,9 @@ def save_figure(figure: Figure, out_png: str) -> str:
   return out_png
 
 
-def read_history(history_csv: str) -> Dict[str, np.ndarray]:
+def history_columns(history_csv: str) -> Dict[str, np.ndarray]:
   """Columns of a Keras CSVLogger file as float arrays (empty cells become NaN)."""
-  with open(history_csv, newline="") as stream:
-    rows = list(csv.DictReader(stream))
+  rows = io_utils.read_history(history_csv)
   if not rows:
     raise ValueError(f"{history_csv}: no epochs recorded")
   columns = {}
@@ -54,7 +52,7 @@ def read_history(history_csv: str) -> Dict[str, np.ndarray]:
 
 def plot_history(history_csv: str, out_png: str) -> str:
   """Loss (MSE) and R^2 per epoch, training and validation, from history.csv."""
-  history = read_history(history_csv)
+  history = history_columns(history_csv)
   epochs = (history["epoch"] + 1 if "epoch" in history
             else np.arange(1, len(next(iter(history.values()))) + 1))
   figure = _new_figure(10, 4)

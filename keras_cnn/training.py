@@ -156,9 +156,9 @@ def committed_epochs(backup_dir: str) -> int:
 def truncate_history(workdir: str, epochs: int) -> list:
   """Keeps the first `epochs` rows of history.csv (later rows belong to epochs whose
   backup never committed: they are trained again) and returns them."""
-  rows = read_history(workdir)
+  path = os.path.join(workdir, conventions.HISTORY_FILE)
+  rows = io_utils.read_history(path)
   if len(rows) > epochs:
-    path = os.path.join(workdir, conventions.HISTORY_FILE)
     stream = io.StringIO()
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -265,15 +265,6 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
   return callbacks
 
 
-def read_history(workdir: str) -> list:
-  """Rows of workdir/history.csv (one per finished epoch), [] for a new run."""
-  path = os.path.join(workdir, conventions.HISTORY_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return list(csv.DictReader(f))
-
-
 def train_and_evaluate(config: TrainConfig, workdir: str,
                        flags_text: Optional[str] = None,
                        extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
@@ -335,7 +326,8 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   if os.path.exists(done_path):
     logging.info("%s: training finished earlier; scoring the test split.", workdir)
   else:
-    history = truncate_history(workdir, committed_epochs(os.path.join(workdir, conventions.BACKUP_DIR)))
+    backup_dir = os.path.join(workdir, conventions.BACKUP_DIR)
+    history = truncate_history(workdir, committed_epochs(backup_dir))
     start_epoch = len(history)
     if start_epoch:
       logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from keras_cnn import conventions
+from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 from keras_cnn import train  # defines every training flag: the base row is the flags
 from keras_cnn import training
@@ -77,8 +78,7 @@ def main(argv):
       start = time.monotonic()
       metrics = training.train_and_evaluate(config, workdir)
       seconds = time.monotonic() - start
-    with open(os.path.join(workdir, conventions.HISTORY_FILE)) as f:
-      epochs = sum(1 for _ in f) - 1
+    epochs = len(io_utils.read_history(os.path.join(workdir, conventions.HISTORY_FILE)))
     m = config.model
     print(json.dumps({
         "row": name, "radius": m.radius, "filters": m.filters, "kernel_size": m.kernel_size,
