@@ -156,7 +156,7 @@ def define_train_flags() -> None:
                     "XLA compilation of the train step; auto picks the fastest per backend.")
   flags.DEFINE_enum("precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
-                    "AVX512-BF16/AMX (2x faster, keras_cnn.benchmarks.train_step), else float32.")
+                    "AVX512-BF16/AMX (faster: README), else float32.")
   for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples",
                "patch_size", "validation_patches"):
     _positive(name)

@@ -269,11 +269,11 @@ def synchronized_batch_norm(model, info: Optional[DistributionInfo] = None):
 def default_jit_compile() -> bool:
   """Fastest `jit_compile` for this backend and device.
 
-  From `python -m keras_cnn.benchmarks.train_step` on a 2-core AVX512-BF16 CPU: Conv3D
-  under XLA is 4x (r=24) to 15x (r=4) slower than TensorFlow's oneDNN kernels, so
+  Measured with `python -m keras_cnn.benchmarks.train_step` (figures in the README):
+  on CPU, Conv3D under XLA is several times slower than TensorFlow's oneDNN kernels, so
   tensorflow runs without XLA on CPU (and with it on GPUs, Keras' own choice); jax always
   compiles (its eager mode is op by op and slower still); torch runs eagerly
-  (torch.compile: 17 vs 120 examples/s at r=4, plus minutes of compilation).
+  (torch.compile was slower on CPU, plus minutes of compilation).
   """
   backend = _backend()
   if backend == "jax":
@@ -284,8 +284,20 @@ def default_jit_compile() -> bool:
   return False
 
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) under which it has no bf16 dot products.
+_ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                          "AVX512_CORE_VNNI")
+
+
 def cpu_has_bf16() -> bool:
-  """True if this x86 CPU has native bfloat16 dot products (AVX512-BF16 or AMX-BF16)."""
+  """True if oneDNN may use native bfloat16 dot products on this x86 CPU.
+
+  That needs AVX512-BF16 or AMX-BF16 in /proc/cpuinfo, and no `ONEDNN_MAX_CPU_ISA`
+  cap below them (a cap such as AVX2 makes the machine behave as one without bf16).
+  """
+  cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+  if cap in _ISA_CAPS_WITHOUT_BF16:
+    return False
   try:
     with open("/proc/cpuinfo") as f:
       flags_line = next((line for line in f if line.startswith("flags")), "")
@@ -297,8 +309,9 @@ def cpu_has_bf16() -> bool:
 def default_precision() -> str:
   """Fastest Keras dtype policy measured for this backend on CPU.
 
-  tensorflow on a CPU with AVX512-BF16/AMX: "mixed_bfloat16" (oneDNN bf16 convolutions:
-  2.1x float32 at r=24, 1.7x at r=4). Everything else "float32": torch's CPU
+  tensorflow on a CPU with AVX512-BF16/AMX: "mixed_bfloat16" (oneDNN bf16 convolutions
+  are faster than float32; README, `keras_cnn.benchmarks.train_step`). Everything else
+  "float32": torch's CPU
   avg_pool3d has no bfloat16 kernel (the step fails; with float32 pooling it is no
   faster), jax's XLA convolutions are not faster in bf16, and accelerators were not
   measured here.

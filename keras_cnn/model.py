@@ -36,7 +36,7 @@ class ModelConfig:
   dropout_hidden: float = 0.1
   dense_units: Sequence[int] = (256, 128, 64, 32, 16)
   tail_units: Sequence[int] = (8, 4)
-  leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the slides
+  leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the original network
   source_transform: str = "log1p"
   # "same" is the original; "valid" makes the network translation-equivariant, so its
   # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
@@ -47,7 +47,7 @@ class ModelConfig:
     return 2 * self.radius + 1
 
 
-# The network of the week-2 slides: r=24 (the mean free path), kernel 5, 128 filters,
+# The original project's week-2 network: r=24 (the mean free path), kernel 5, 128 filters,
 # average pooling 2, dropout 0.8 / 0.5, 'same' padding (`flags/week2.flags`).
 WEEK2 = ModelConfig(radius=24, kernel_size=5, filters=128, stride_conv=1, kernel_pooling=2,
                     dropout_input=0.8, dropout_hidden=0.5, padding="same")

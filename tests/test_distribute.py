@@ -15,7 +15,8 @@ import pytest
 
 from keras_cnn import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 GLOBAL_BATCH = 8
 
 
@@ -97,9 +98,9 @@ def _child(backend: str) -> dict:
 def _run_child(backend: str, extra_env=None) -> dict:
   env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
              CUDA_VISIBLE_DEVICES="", **(extra_env or {}))
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), backend], env=env,
-                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, f"child {backend} failed:\n{proc.stderr[-4000:]}"
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   assert lines, f"child {backend} printed no result:\n{proc.stdout[-2000:]}"
@@ -186,3 +187,10 @@ def test_torch_falls_back_to_one_device():
 
 if __name__ == "__main__":
   print(json.dumps(_child(sys.argv[1])))
+
+
+def test_an_isa_cap_without_bf16_means_float32(monkeypatch):
+  """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run as on an AVX2-only CPU: no bf16 default."""
+  monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+  assert not distribute.cpu_has_bf16()
+  assert distribute.default_precision() == "float32"

@@ -11,7 +11,7 @@ crops of one field per second, both input fields cut for every centre:
 - `augmented_crops_per_s`: the same with a random cube symmetry per example;
 - `dataset_crops_per_s`: the whole training `tf.data` stream (augmented, fresh
   buffers, its default parallelism);
-- `seed_method_crops_per_s`: `get_neighborhood` of the week-2 slides, per point;
+- `seed_method_crops_per_s`: `get_neighborhood` of the original project (week 2), per point;
 - `copy_bound_crops_per_s`: a NumPy copy of a contiguous slice of a wrap-padded
   field into the batch buffer (the practical memory-bandwidth bound).
 Then one line comparing `model.fit` of the default preset fed by the pipeline
@@ -65,7 +65,7 @@ for _name in ("box_cells", "min_seconds", "repeats", "crop_batch", "seed_max_cro
 
 
 def seed_get_neighborhood(T, x0, y0, z0, r):  # pylint: disable=invalid-name
-  """The original method (week-2 slides): per-point list indexing, one axis at a time.
+  """The original method (week 2 of the original project): per-point list indexing, one axis at a time.
 
   `T` has shape (1, 1, N, N, N); a window crossing the upper face continues at 0,
   one crossing the lower face uses negative indices.

@@ -24,7 +24,7 @@ median). A full default sweep takes about an hour on 2 cores
 (XLA settings at r=24 take minutes per step); restrict it with --radius/--backends/
 --setting.
 
-The original (seed slides, week 2): Conv3d -> BatchNorm3d -> LeakyReLU -> AvgPool3d(2),
+The original PyTorch network (week 2 of the original project): Conv3d -> BatchNorm3d -> LeakyReLU -> AvgPool3d(2),
 three times per branch, `torch.cat` on channels, Flatten -> Dropout(0.8) -> 5 x (Linear
 -> Dropout(0.5) -> LeakyReLU) -> Linear(8) -> Linear(4) -> Linear(1) -> sigmoid; MSE
 loss, Adam(1e-3), NCDHW float32, eager.
@@ -57,6 +57,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import distribute
+from keras_cnn.benchmarks import torch_reference
 from keras_cnn.benchmarks.flops import MATMUL_N, backend_matmul as _backend_matmul
 from keras_cnn.benchmarks.flops import best_gflops as _best_gflops
 from keras_cnn.benchmarks.flops import model_flops
@@ -181,66 +183,12 @@ def _random_batch(radius: int, batch: int, channels_first: bool = False):
   return n_igm, n_src, y
 
 
-def build_original_pytorch(radius: int, filters: int, kernel_size: int = 5):
-  """The week-2 slides' PyTorch net, channels on dim 1 as torch.nn expects."""
-  import torch
-  from torch import nn
-
-  class CNN(nn.Module):
-    """Layer names and order as in the seed slides."""
-
-    def __init__(self):
-      super().__init__()
-      padding = (kernel_size - 1) // 2
-      for ids in ((6, 7, 8), (15, 16, 17)):
-        c_in = 1
-        for i in ids:
-          setattr(self, f"conv3d_{i}", nn.Conv3d(c_in, filters, kernel_size, 1, padding))
-          setattr(self, f"batch_normalization_{i}", nn.BatchNorm3d(filters))
-          setattr(self, f"leaky_re_lu_{i}", nn.LeakyReLU())
-          setattr(self, f"average_pooling_3d_{i}", nn.AvgPool3d(2))
-          c_in = filters
-      side = 2 * radius + 1
-      for _ in range(3):
-        side //= 2
-      width = 2 * filters * side ** 3
-      self.dropout = nn.Dropout(p=0.8)
-      for i, units in enumerate((256, 128, 64, 32, 16)):
-        setattr(self, "dense" if i == 0 else f"dense_{i}", nn.Linear(width, units))
-        setattr(self, f"dropout_{i + 1}", nn.Dropout(p=0.5))
-        setattr(self, f"leaky_re_lu_{18 + i}", nn.LeakyReLU())
-        width = units
-      self.dense_5 = nn.Linear(16, 8)
-      self.dense_6 = nn.Linear(8, 4)
-      self.dense_7 = nn.Linear(4, 1)
-
-    def _branch(self, x, ids):
-      for i in ids:
-        x = getattr(self, f"conv3d_{i}")(x)
-        x = getattr(self, f"batch_normalization_{i}")(x)
-        x = getattr(self, f"leaky_re_lu_{i}")(x)
-        x = getattr(self, f"average_pooling_3d_{i}")(x)
-      return x
-
-    def forward(self, n_igm, n_src):
-      out = torch.cat((self._branch(n_igm, (6, 7, 8)), self._branch(n_src, (15, 16, 17))),
-                      dim=1)
-      out = self.dropout(torch.flatten(out, 1))
-      for i in range(5):
-        out = getattr(self, "dense" if i == 0 else f"dense_{i}")(out)
-        out = getattr(self, f"dropout_{i + 1}")(out)
-        out = getattr(self, f"leaky_re_lu_{18 + i}")(out)
-      return torch.sigmoid(self.dense_7(self.dense_6(self.dense_5(out))))
-
-  return CNN()
-
-
 def _pytorch_worker(spec: dict) -> dict:
   """The original net, float32, eager: the baseline."""
   import torch
   torch.set_num_threads(spec["threads"])
   torch.manual_seed(0)
-  model = build_original_pytorch(spec["radius"], spec["filters"], spec["kernel_size"])
+  model = torch_reference.build_original_pytorch(spec["radius"], spec["filters"], spec["kernel_size"])
   model.train()
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = torch.nn.MSELoss()
@@ -549,20 +497,12 @@ def main(argv) -> None:
       parse_setting(rest if sep and prefix in BACKENDS else text, 1, 1)
     except ValueError as err:
       raise app.UsageError(str(err)) from err
-  logging.info("CPU bf16: %s; load average %.2f", _has_avx512_bf16(), os.getloadavg()[0])
+  logging.info("CPU bf16: %s; load average %.2f", distribute.cpu_has_bf16(), os.getloadavg()[0])
   for radius, batch in zip(radii, batches):
     run_configuration(radius, FLAGS.filters, FLAGS.kernel_size, batch, FLAGS.backends,
                       FLAGS.setting, FLAGS.threads, FLAGS.warmup, FLAGS.steps,
                       FLAGS.timeout_s, emit=lambda line: print(json.dumps(line), flush=True),
                       repeats=FLAGS.repeats)
-
-
-def _has_avx512_bf16() -> bool:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return "avx512_bf16" in f.read()
-  except OSError:
-    return False
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The built-in simulator: periodic reionization snapshots, deterministic by seed.
 
 It is the embedded default data set, so a fresh machine can train without any
-download. Three fields per box, as in DESIGN.md:
+download. Three fields per box, those of `keras_cnn.data.snapshot.Snapshot`:
 
 - `rho`: a log-normal baryon density (g/cm^3) whose underlying field has the
   LambdaCDM linear power spectrum at the snapshot redshift (Eisenstein & Hu 1998

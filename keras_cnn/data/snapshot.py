@@ -1,4 +1,4 @@
-"""One snapshot of a reionization box: the three fields of DESIGN.md, and its files.
+"""One snapshot of a reionization box: density, sources and ionized fraction, and its files.
 
 The caller-side preprocessing is defined here once: `overdensity(rho)`.
 Everything else (source transform, standardization) happens inside the model.
