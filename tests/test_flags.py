@@ -7,27 +7,21 @@ import sys
 
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
 from keras_cnn import model as model_lib
 from keras_cnn import predict  # noqa: F401  (defines --memory_budget_gb)
 from keras_cnn import train
 from keras_cnn import training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 PRESETS = sorted(f for f in os.listdir(os.path.join(REPO, "flags")) if f.endswith(".flags"))
 
 
 @pytest.fixture
-def parse():
-  """Parses args into the global FLAGS; the values are restored after the test."""
-  with flagsaver.flagsaver():
-    def _parse(*args):
-      flags.FLAGS.unparse_flags()
-      flags.FLAGS(["prog", *args])
-      return flags.FLAGS
-    yield _parse
-    flags.FLAGS.unparse_flags()
+def parse(parse_flags):
+  """Parses flags (no program name) into the global FLAGS, restored after the test."""
+  return lambda *args: parse_flags("prog", *args)
 
 
 def test_every_model_field_is_a_flag():

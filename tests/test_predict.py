@@ -6,7 +6,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl.testing import flagsaver
 import keras
 import numpy as np
 import pytest
@@ -16,21 +15,12 @@ from keras_cnn import predict
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, REDSHIFT, tiny_snapshot
+
 TINY = ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
                    padding="same")
 SHAPE = (10, 9, 8)  # non-cubic: every axis wraps with its own period
-REDSHIFT = 8.397
 BATCH = 32  # not a divisor of a plane (72 voxels): padded batches are exercised
-
-
-def tiny_snapshot(shape=SHAPE, seed=0) -> snapshot_lib.Snapshot:
-  rng = np.random.default_rng(seed)
-  rho = rng.lognormal(0.0, 0.5, shape).astype(np.float32)
-  n_src = rng.poisson(0.5, shape).astype(np.float32)
-  x_hii = rng.random(shape, dtype=np.float32)
-  return snapshot_lib.Snapshot(rho=rho, n_src=n_src, x_hii=x_hii, redshift=REDSHIFT,
-                               name="tiny")
 
 
 def tiny_model(seed=0) -> keras.Model:
@@ -42,7 +32,7 @@ def tiny_model(seed=0) -> keras.Model:
   """
   keras.utils.set_random_seed(seed)
   model = build_model(TINY, n_igm_stats=(0.0, 0.3), n_src_stats=(0.3, 0.2))
-  box = tiny_snapshot()
+  box = tiny_snapshot(SHAPE)
   features = keras.Model(model.inputs, model.get_layer("dense_6").output).predict_on_batch({
       "n_igm": reference_crops(box.n_igm, TINY.radius),
       "n_src": reference_crops(box.n_src, TINY.radius)})
@@ -73,7 +63,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def box():
-  return tiny_snapshot()
+  return tiny_snapshot(SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +125,9 @@ def test_bad_shards_fail_with_a_clear_message(nx, num_shards, index, message):
     (["--num_shards=2", "--shard_index=-1"], r"--shard_index must be in \[0, --num_shards\)"),
     (["--num_shards=0"], "--num_shards must be >= 1"),
 ])
-def test_bad_shard_flags_are_rejected_at_parse_time(args, message):
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    with pytest.raises(flags.IllegalFlagValueError, match=message):
-      flags.FLAGS(["predict", "--model=m.keras", "--out=x.npy", *args])
+def test_bad_shard_flags_are_rejected_at_parse_time(parse_flags, args, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    parse_flags("predict", "--model=m.keras", "--out=x.npy", *args)
 
 
 def test_predict_volume_checks_its_arguments(model, box):
@@ -183,15 +171,13 @@ def test_shards_from_separate_processes_match_one_process(tmp_path, box):
   np.testing.assert_array_equal(np.concatenate(shards, axis=0), whole)
 
 
-def test_missing_output_is_a_usage_error():
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["predict", "--model=m.keras"])
-    with pytest.raises(app.UsageError, match="--out must be given"):
-      predict.main(["predict"])
+def test_missing_output_is_a_usage_error(parse_flags):
+  parse_flags("predict", "--model=m.keras")
+  with pytest.raises(app.UsageError, match="--out must be given"):
+    predict.main(["predict"])
 
 
-def test_existing_output_and_inputs_are_never_replaced(tmp_path, box):
+def test_existing_output_and_inputs_are_never_replaced(tmp_path, box, parse_flags):
   model_path = str(tmp_path / "tiny.keras")
   tiny_model().save(model_path)
   data_dir = str(tmp_path / "box")
@@ -202,22 +188,18 @@ def test_existing_output_and_inputs_are_never_replaced(tmp_path, box):
            (model_path, ["--overwrite"], "is one of this command's inputs"),
            (files["rho"], ["--overwrite"], "is one of this command's inputs")]
   for out, extra, message in cases:
-    with flagsaver.flagsaver():
-      flags.FLAGS.unparse_flags()
-      flags.FLAGS(["predict", f"--model={model_path}", f"--data_dir={data_dir}",
-                   f"--redshift={REDSHIFT}", f"--out={out}", "--noprogress", *extra])
-      with pytest.raises(app.UsageError, match=message):
-        predict.main(["predict"])
+    parse_flags("predict", f"--model={model_path}", f"--data_dir={data_dir}",
+                f"--redshift={REDSHIFT}", f"--out={out}", "--noprogress", *extra)
+    with pytest.raises(app.UsageError, match=message):
+      predict.main(["predict"])
   assert existing.read_bytes() == b"user data"
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["predict", f"--model={model_path}", f"--data_dir={data_dir}",
-                 f"--redshift={REDSHIFT}", f"--out={existing}", "--noprogress", "--overwrite"])
-    predict.main(["predict"])
+  parse_flags("predict", f"--model={model_path}", f"--data_dir={data_dir}",
+              f"--redshift={REDSHIFT}", f"--out={existing}", "--noprogress", "--overwrite")
+  predict.main(["predict"])
   assert np.load(existing).shape == box.shape
 
 
-def test_a_model_file_carrying_code_is_refused(tmp_path):
+def test_a_model_file_carrying_code_is_refused(tmp_path, parse_flags):
   """safe_mode=True: a Lambda layer (arbitrary Python) in a .keras file is not run."""
   inputs = keras.Input((3,))
   model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
@@ -225,8 +207,6 @@ def test_a_model_file_carrying_code_is_refused(tmp_path):
   model.save(path)
   with pytest.raises(ValueError, match="safe_mode"):
     inference.load_model(path)
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["predict", f"--model={path}", f"--out={tmp_path / 'o.npy'}"])
-    with pytest.raises(app.UsageError, match="not a loadable keras_cnn model"):
-      predict.main(["predict"])
+  parse_flags("predict", f"--model={path}", f"--out={tmp_path / 'o.npy'}")
+  with pytest.raises(app.UsageError, match="not a loadable keras_cnn model"):
+    predict.main(["predict"])

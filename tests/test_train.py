@@ -206,22 +206,16 @@ def test_a_second_process_is_locked_out(tmp_path):
 
 @pytest.mark.parametrize("step", ["best_saved:0", "backup_weights:0", "backup_weights:1",
                                   "fit", "scoring", "plots"])
-def test_killed_at_any_step_the_same_command_finishes(tmp_path, step):
+def test_killed_at_any_step_the_same_command_finishes(tmp_path, run_module, step):
   """kill -9 right after `step` (KERAS_CNN_KILL_AFTER), then the same command again."""
-  import subprocess
-  import sys
-
   workdir = str(tmp_path / "run")
-  command = [sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}",
-             "--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2",
+  command = [f"--workdir={workdir}", "--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2",
              "--kernel_pooling=1", "--stride_conv=1", "--padding=same", "--train_unit=voxel",
              "--epochs=2", "--steps_per_epoch=2", "--batch_size=8",
              "--validation_examples=16", "--test_examples=16", "--time_budget_minutes=0"]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-  killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**env, "KERAS_CNN_KILL_AFTER": step})
+  killed = run_module("keras_cnn.train", *command, env={"KERAS_CNN_KILL_AFTER": step})
   assert killed.returncode == -9, killed.stderr[-2000:]
-  again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+  again = run_module("keras_cnn.train", *command)
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads(again.stdout.strip().splitlines()[-1])["num_voxels"] == 16
   assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1]
@@ -229,14 +223,11 @@ def test_killed_at_any_step_the_same_command_finishes(tmp_path, step):
   assert not leftovers and not os.path.exists(os.path.join(workdir, "best.keras"))
 
 
-def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path):
+def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path, snapshot_dir):
   """--data_dir with one box: validation/test slabs thinner than a patch still work."""
   from keras_cnn.data import simulate
-  from keras_cnn.data import snapshot as snapshot_lib
 
-  box = simulate.synthetic_splits(n_cells=(24, 12, 12), seed=0)["train"][0]
-  data_dir = str(tmp_path / "box")
-  snapshot_lib.save_snapshot(box, data_dir)
+  data_dir = snapshot_dir(simulate.synthetic_splits(n_cells=(24, 12, 12), seed=0)["train"][0])
   config = dataclasses.replace(PATCH, data=training.DataConfig(data_dir=data_dir),
                                patch_size=6, epochs=1)
   metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
