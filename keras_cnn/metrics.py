@@ -340,11 +340,12 @@ def _tools21cm_bin_fractions(x_hii: np.ndarray, cell_size_mpc: float, num_rays: 
   """Fraction of the rays of tools21cm's `mfp` ending in each bin of `edges` (cMpc)."""
   import tools21cm as t2c  # optional extra "astro"
 
+  ionized = (x_hii > threshold).astype(np.float64)  # the threshold of the NumPy rays
   state = np.random.get_state()  # tools21cm draws from NumPy's global generator
   np.random.seed(seed % 2 ** 32)
   try:
     with contextlib.redirect_stdout(sys.stderr):
-      radius, r_dp_dr = t2c.mfp(x_hii, xth=threshold, boxsize=x_hii.shape[0] * cell_size_mpc,
+      radius, r_dp_dr = t2c.mfp(ionized, xth=0.5, boxsize=x_hii.shape[0] * cell_size_mpc,
                                 iterations=int(num_rays), verbose=False)
   finally:
     np.random.set_state(state)
@@ -387,10 +388,10 @@ def bubble_size_distribution(x_hii, cell_size_mpc: float, num_rays: int = DEFAUL
 
   Returns:
     {"r": bin centres (cMpc), "edges", "probability": fraction of all rays ending in
-    each bin, "r_dp_dr":
-    R dP/dR = probability / (bin width in ln R), "truncated_fraction": rays not ended
-    within max_length_mpc (or dropped by tools21cm), "num_rays", "method"}. Without
-    ionized cells every probability is 0 and truncated_fraction is NaN.
+    each bin, "r_dp_dr": R dP/dR = probability / (bin width in ln R),
+    "truncated_fraction": rays not ended within max_length_mpc (or dropped by
+    tools21cm), "num_rays", "method"}. Without ionized cells every probability is 0
+    and truncated_fraction is NaN.
   """
   _check_method(method)
   x_hii = np.asarray(x_hii, dtype=np.float64)
