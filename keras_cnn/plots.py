@@ -238,7 +238,7 @@ def plot_summary(true_map, pred_map, comparison, out_png: str, cell_size_mpc: fl
   r_axes.set_xlabel(r"$k$ [cMpc$^{-1}$]")
   r_axes.set_ylabel(r"$r(k) = P_\times / \sqrt{P_\mathrm{true} P_\mathrm{pred}}$")
   r_axes.set_title("cross-correlation coefficient")
-  r_axes.legend(loc="lower left")
+  r_axes.legend(loc="best")
   if k_max is not None:
     for axes in panels[1, :2]:
       axes.axvline(k_max, color="grey", linewidth=0.8, linestyle="--")
@@ -249,15 +249,16 @@ def plot_summary(true_map, pred_map, comparison, out_png: str, cell_size_mpc: fl
     bsd_axes.plot(np.asarray(bsd["r"], np.float64), np.asarray(bsd["r_dp_dr"], np.float64),
                   style, markersize=3, label=label)
   bsd_axes.set_xscale("log")
-  bsd_axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-  bsd_axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-  bsd_axes.xaxis.set_minor_formatter(ticker.NullFormatter())
   bsd_axes.set_xlabel(r"$R$ [cMpc]")
   bsd_axes.set_ylabel(r"$R\,\mathrm{d}P/\mathrm{d}R$")
   bsd_axes.set_title(f"bubble sizes (mean free path, {comparison.bsd_true['method']})")
   bsd_axes.legend()
   for axes in panels[1]:
     axes.grid(alpha=0.3, which="both")
+    # plain labels at 1, 2 and 5 per decade: short boxes span less than one decade
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
 
   k_label = "all k" if k_max is None else f"k <= {k_max:g}/cMpc"
   lines = [
