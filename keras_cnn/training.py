@@ -431,20 +431,32 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
 def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
                    batch_size: int, num_examples: int, seed: int) -> dict:
   """Metrics of `model` on `split`: every voxel of its boxes (or slab) through the dense
-  engine for 'valid' models, else a fixed set of `num_examples` crops."""
+  engine for 'valid' models, else a fixed set of `num_examples` crops.
+
+  The ionized-map scores pool every scored voxel; the physics scores of whole maps
+  (`keras_cnn.metrics.compare_maps`, the keys of `evaluate`) need whole periodic boxes,
+  so they are None for slabs of one box and for sampled crops. The train command has no
+  cell-size flag: boxes are taken to have the cell of the simulator and the C2-Ray boxes.
+  """
   from keras_cnn import inference
   from keras_cnn import metrics as metrics_lib
   from keras_cnn import pipeline
 
+  comparisons = []
   if dense.model_padding(model) == "valid":
     twin = dense.DenseTwin(model)
     y_true, y_pred = [], []
-    for n_igm, n_src, x_hii in split.fields:
+    for snapshot, (n_igm, n_src, x_hii) in zip(split.snapshots, split.fields):
       start, stop = split.region or (0, n_igm.shape[0])
-      y_pred.append(inference.predict_volume_dense(
-          model, n_igm, n_src, x_start=start, x_stop=stop, progress=False,
-          twin=twin).ravel())
-      y_true.append(np.asarray(x_hii[start:stop], np.float32).ravel())
+      pred_map = inference.predict_volume_dense(
+          model, n_igm, n_src, x_start=start, x_stop=stop, progress=False, twin=twin)
+      true_map = np.asarray(x_hii[start:stop], np.float32)
+      if split.region is None:
+        comparisons.append((true_map, pred_map, metrics_lib.compare_maps(
+            true_map, pred_map, n_igm, snapshot.redshift, conventions.CELL_SIZE_MPC,
+            seed=seed)))
+      y_pred.append(pred_map.ravel())
+      y_true.append(true_map.ravel())
     y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
   else:
     ds = pipeline.make_dataset(split.fields, radius, batch_size, training=False, seed=seed,
@@ -452,7 +464,9 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
     y_true = np.concatenate([np.asarray(y) for _, y in ds.as_numpy_iterator()]).ravel()
     y_pred = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0)).ravel()
   result = metrics_lib.regression_metrics(y_true, y_pred)
-  result["_arrays"] = (y_true, y_pred)
+  result.update(metrics_lib.aggregate_map_scores([c.scores for _, _, c in comparisons]))
+  result.update(metrics_lib.ionized_map_scores(y_true, y_pred))  # every scored voxel
+  result["_arrays"] = (y_true, y_pred, comparisons)
   return result
 
 
@@ -462,6 +476,10 @@ def _write_plots(workdir: str, arrays) -> None:
   except ImportError as err:  # matplotlib is a dependency; a broken install only loses plots
     logging.warning("No plots: %s", err)
     return
-  y_true, y_pred = arrays
+  y_true, y_pred, comparisons = arrays
   plots.plot_history(os.path.join(workdir, conventions.HISTORY_FILE), os.path.join(workdir, conventions.HISTORY_PNG))
   plots.plot_pred_vs_true(y_true, y_pred, os.path.join(workdir, conventions.PRED_VS_TRUE_PNG))
+  for i, (true_map, pred_map, comparison) in enumerate(comparisons):
+    name = "summary.png" if len(comparisons) == 1 else f"summary_{i}.png"
+    plots.plot_summary(true_map, pred_map, comparison, os.path.join(workdir, name),
+                       conventions.CELL_SIZE_MPC, title="test split")
