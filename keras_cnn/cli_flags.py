@@ -72,7 +72,8 @@ def define_model_flags() -> None:
 
 
 def define_data_flags() -> None:
-  """Where snapshots come from: a folder of .npy files, a TFDS name, or the simulator."""
+  """Where snapshots come from: a folder of snapshot files, a TFDS name, or the simulator."""
+  define_format_flags()
   if not _once("data_dir"):
     return
   from keras_cnn import training  # the defaults of the data and training flags
@@ -98,17 +99,19 @@ def define_data_flags() -> None:
 
 
 def define_format_flags() -> None:
-  """The layout of --data_dir's files (evaluate and predict read them through these)."""
+  """The layout of --data_dir's files (train, evaluate and predict read them alike)."""
   if not _once("data_format"):
     return
+  from keras_cnn import training  # the defaults of the data flags
   from keras_cnn.data import formats
 
-  flags.DEFINE_enum("data_format", "auto", list(formats.DATA_FORMATS),
+  data = training.DataConfig()
+  flags.DEFINE_enum("data_format", data.data_format, list(formats.DATA_FORMATS),
                     "Layout of the --data_dir files: auto detects it field by field; npy "
                     "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "
                     "{z}-coarsest_wsubgrid_sources.dat), pyc2ray (xfrac_z{z}.dat), 21cmfast "
                     "(HDF5 PerturbedField, IonizedBox, HaloBox).")
-  flags.DEFINE_float("box_size_mpc", None,
+  flags.DEFINE_float("box_size_mpc", data.box_size_mpc,
                      "CubeP3M box side in cMpc/h (a box tools21cm knows, e.g. 244): C2-Ray "
                      "source masses in solar masses instead of grid units (needs tools21cm).")
   flags.register_validator("box_size_mpc", lambda v: v is None or (math.isfinite(v) and v > 0),

@@ -41,6 +41,8 @@ class DataConfig:
   n_cells: int = 64
   mean_xhii: float = 0.5
   data_seed: int = 0
+  data_format: str = "auto"  # one of `keras_cnn.data.formats.DATA_FORMATS`
+  box_size_mpc: Optional[float] = None  # C2-Ray source masses in solar masses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +316,9 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   data = config.data
   splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
                                   tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
-                                  mean_xhii=data.mean_xhii, data_seed=data.data_seed)
+                                  mean_xhii=data.mean_xhii, data_seed=data.data_seed,
+                                  data_format=data.data_format,
+                                  box_size_mpc=data.box_size_mpc)
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],

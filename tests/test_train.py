@@ -204,25 +204,6 @@ def test_a_second_process_is_locked_out(tmp_path):
     training.train_and_evaluate(TINY, workdir)
 
 
-@pytest.mark.parametrize("step", ["best_saved:0", "backup_weights:0", "backup_weights:1",
-                                  "fit", "scoring", "plots"])
-def test_killed_at_any_step_the_same_command_finishes(tmp_path, run_module, step):
-  """kill -9 right after `step` (KERAS_CNN_KILL_AFTER), then the same command again."""
-  workdir = str(tmp_path / "run")
-  command = [f"--workdir={workdir}", "--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2",
-             "--kernel_pooling=1", "--stride_conv=1", "--padding=same", "--train_unit=voxel",
-             "--epochs=2", "--steps_per_epoch=2", "--batch_size=8",
-             "--validation_examples=16", "--test_examples=16", "--time_budget_minutes=0"]
-  killed = run_module("keras_cnn.train", *command, env={"KERAS_CNN_KILL_AFTER": step})
-  assert killed.returncode == -9, killed.stderr[-2000:]
-  again = run_module("keras_cnn.train", *command)
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert json.loads(again.stdout.strip().splitlines()[-1])["num_voxels"] == 16
-  assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1]
-  leftovers = [n for n in os.listdir(workdir) if n.endswith(".tmp") or "tmp." in n]
-  assert not leftovers and not os.path.exists(os.path.join(workdir, "best.keras"))
-
-
 def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path, snapshot_dir):
   """--data_dir with one box: validation/test slabs thinner than a patch still work."""
   from keras_cnn.data import simulate
@@ -233,3 +214,31 @@ def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path, snapshot_dir):
   metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
   # test slab: 10% of the 24 - 3 * 3 usable planes, scored on every voxel
   assert metrics["num_voxels"] == 1 * 12 * 12
+
+
+def test_train_reads_the_layout_flags_and_records_them(tmp_path, parse_flags, snapshot_dir):
+  """--data_format and --box_size_mpc reach train's loader and define the run."""
+  from keras_cnn import errors
+  from keras_cnn import runs
+  from keras_cnn import train
+  from keras_cnn.data import simulate
+
+  box = simulate.simulate_snapshot(16, seed=3)
+  data_dir = snapshot_dir(box)
+  with open(os.path.join(data_dir, "8.397n_all.dat"), "wb") as stream:  # a CubeP3M density
+    stream.write(np.array(box.shape, np.int32).tobytes() + (box.rho * 2).tobytes("F"))
+  values = parse_flags("train", f"--data_dir={data_dir}", "--data_format=npy",
+                       "--box_size_mpc=244")
+  parsed = train.config_from_flags(values)
+  assert (parsed.data.data_format, parsed.data.box_size_mpc) == ("npy", 244.0)
+  settings = runs.manifest_for(parsed)["settings"]
+  assert (settings["data_format"], settings["box_size_mpc"]) == ("npy", 244.0)
+
+  detect = dataclasses.replace(TINY, data=training.DataConfig(data_dir=data_dir), epochs=1)
+  with pytest.raises(errors.UserError, match="choose a layout with --data_format"):
+    training.train_and_evaluate(detect, str(tmp_path / "auto"))
+  npy = dataclasses.replace(detect, data=dataclasses.replace(detect.data, data_format="npy"))
+  workdir = str(tmp_path / "npy")
+  assert training.train_and_evaluate(npy, workdir)["num_voxels"] == TINY.test_examples
+  with pytest.raises(errors.UserError, match="--data_format differ"):
+    training.train_and_evaluate(detect, workdir)

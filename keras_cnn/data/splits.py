@@ -65,11 +65,16 @@ def load_box(data_dir: Optional[str], redshift: Optional[float], dataset: str,
 
 def load_splits(data_dir: Optional[str], redshift: Optional[float], dataset: str,
                 radius: int, tfds_data_dir: Optional[str] = None, n_cells: int = 64,
-                mean_xhii: float = 0.5, data_seed: int = 0) -> Dict[str, SplitData]:
-  """Train / validation / test data that share no voxel neighbourhoods."""
+                mean_xhii: float = 0.5, data_seed: int = 0, data_format: str = "auto",
+                box_size_mpc: Optional[float] = None) -> Dict[str, SplitData]:
+  """Train / validation / test data that share no voxel neighbourhoods.
+
+  `data_format` and `box_size_mpc` apply to `data_dir` (see `snapshot_lib.load_snapshot`).
+  """
   if data_dir:
     from keras_cnn import pipeline  # tensorflow import only when needed
-    box = snapshot_lib.load_snapshot(data_dir, redshift=redshift, radius=radius)
+    box = snapshot_lib.load_snapshot(data_dir, redshift=redshift, radius=radius,
+                                     data_format=data_format, box_size_mpc=box_size_mpc)
     regions = pipeline.split_regions(box.shape, radius)
     # One Snapshot for all three slabs: its overdensity is computed once.
     return {split: SplitData([box], region=regions[split]) for split in conventions.SPLITS}
