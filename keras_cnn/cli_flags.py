@@ -9,6 +9,7 @@ with comments (a test keeps the two equal) and `flags/week2.flags` is the origin
 GPU-sized network.
 """
 
+import errno
 import math
 import os
 
@@ -336,6 +337,12 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
       box_size_mpc=flag_values.box_size_mpc if "box_size_mpc" in flag_values else None)
 
 
+# Failures of the machine rather than of keras_cnn: full disk, quota, file-size limit,
+# read-only or forbidden folder. Every file is written to a temporary name first, so a
+# rerun of the same command goes on from what was committed.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+
+
 def run(main) -> None:
   """`app.run(main)`, with user errors as one line on stderr and exit status 2.
 
@@ -357,6 +364,13 @@ def run(main) -> None:
       if os.environ.get("KERAS_CNN_TRACEBACK"):
         raise
       sys.stderr.write(f"Error: {error}\n")
+      sys.exit(2)
+    except OSError as error:
+      if error.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("KERAS_CNN_TRACEBACK"):
+        raise
+      where = f"{error.filename}: " if error.filename else ""
+      sys.stderr.write(f"Error: {where}{error.strerror} (disk space, quota or permissions); "
+                       "fix it, then rerun the same command to go on\n")
       sys.exit(2)
 
   app.run(guarded)

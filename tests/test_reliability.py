@@ -158,6 +158,32 @@ def test_killed_at_any_step_the_same_command_finishes(tmp_path, run_module, step
   assert not leftovers and not os.path.exists(os.path.join(workdir, conventions.BEST_FILE))
 
 
+def test_a_write_cut_short_by_a_full_disk_is_finished_by_the_next_run(tmp_path):
+  """A file-size limit stands in for a full disk: the first big write (model or backup
+  weights) fails mid-file; one line says so, and the same command then finishes."""
+  import resource
+  import subprocess
+  import sys
+
+  workdir = str(tmp_path / "run")
+  command = [sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}", *TINY_RUN]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+         "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+
+  def full_disk():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+  cut = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env=env, preexec_fn=full_disk)
+  _one_line_error(cut, "File too large", "rerun the same command")
+  assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env=env)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert _history_epochs(workdir) == [0, 1]
+  assert json.loads(again.stdout.strip().splitlines()[-1])["num_voxels"] == 16
+
+
 def test_a_second_process_on_the_workdir_is_locked_out(tmp_path, run_module):
   """A live process holds the lock: the second command stops before touching anything."""
   workdir = str(tmp_path / "run")
