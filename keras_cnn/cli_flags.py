@@ -34,6 +34,40 @@ def _positive(name: str):
                            message=f"--{name} must be >= 1")
 
 
+class _RedshiftParser(flags.ArgumentParser):
+  """--redshift: one redshift, a comma list, or 'all'; --<split>_redshifts: a list."""
+
+  def __init__(self, allow_all: bool, as_list: bool):
+    self.allow_all = allow_all
+    self.as_list = as_list
+    self.syntactic_help = ("a redshift, a comma list of redshifts, or all" if allow_all
+                           else "a comma list of redshifts")
+
+  def parse(self, argument):
+    from keras_cnn.data import snapshot as snapshot_lib
+
+    if isinstance(argument, (int, float)):
+      value = float(argument)
+    elif isinstance(argument, (list, tuple)):
+      value = tuple(float(v) for v in argument)
+    else:
+      value = snapshot_lib.parse_redshifts(argument, allow_all=self.allow_all)
+    if self.as_list and isinstance(value, float):
+      value = (value,)
+    return value
+
+  def flag_type(self):
+    return "redshift list" if self.as_list else "redshift"
+
+
+class _RedshiftSerializer(flags.ArgumentSerializer):
+
+  def serialize(self, value):
+    if isinstance(value, (list, tuple)):
+      return ",".join(repr(float(v)) for v in value)
+    return value if isinstance(value, str) else repr(float(value))
+
+
 def define_model_flags() -> None:
   """Network sizes (`keras_cnn.model.ModelConfig`)."""
   if not _once("radius"):
@@ -82,7 +116,11 @@ def define_data_flags() -> None:
   data = training.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
-  flags.DEFINE_float("redshift", None, "Snapshot redshift in --data_dir (needed if several).")
+  flags.DEFINE(_RedshiftParser(allow_all=True, as_list=False), "redshift", data.redshift,
+               "Snapshots of --data_dir: a redshift (needed if it holds several), a comma "
+               "list, or all (matched by value). evaluate scores each; predict paints "
+               "--box_index; train: see --test_redshifts.",
+               serializer=_RedshiftSerializer())
   flags.DEFINE_string("dataset", data.dataset,
                       "'synthetic' (the built-in simulator; independent realizations per "
                       "split) or a TFDS name such as reionization_boxes/synthetic_64.")
@@ -119,10 +157,37 @@ def define_format_flags() -> None:
                            message="--box_size_mpc must be a finite number > 0")
 
 
+def define_split_flags() -> None:
+  """Whole snapshots of their own for train / validation / test (`keras_cnn.train`)."""
+  if not _once("test_redshifts"):
+    return
+  for split in conventions.SPLITS:
+    flags.DEFINE(_RedshiftParser(allow_all=False, as_list=True), f"{split}_redshifts", None,
+                 f"Comma list of redshifts of --data_dir whose whole snapshots are the "
+                 f"{split} split's own.", serializer=_RedshiftSerializer())
+    flags.DEFINE_list(f"{split}_dirs", None,
+                      f"Comma list of folders (other realizations) whose snapshots, picked "
+                      f"by --redshift, are the {split} split's own. Splits without "
+                      "snapshots of their own share those of --data_dir: as x-slabs with "
+                      "guard bands of --radius cells when several do, whole when one does.")
+
+
+def split_flags_from(flag_values=FLAGS) -> dict:
+  """The DataConfig fields of the split flags (None where not given)."""
+  fields = {}
+  for split in conventions.SPLITS:
+    redshifts = flag_values[f"{split}_redshifts"].value
+    folders = flag_values[f"{split}_dirs"].value
+    fields[f"{split}_redshifts"] = tuple(redshifts) if redshifts else None
+    fields[f"{split}_dirs"] = tuple(folders) if folders else None
+  return fields
+
+
 def define_train_flags() -> None:
   """Optimization, callbacks and output of `keras_cnn.train`."""
   define_model_flags()
   define_data_flags()
+  define_split_flags()
   if not _once("workdir"):
     return
   from keras_cnn import training

@@ -224,9 +224,13 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
   return outs[0] if single else outs
 
 
+SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
 def split_regions(shape: Sequence[int], radius: int,
-                  fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                  guard: Optional[int] = None) -> Dict[str, Region]:
+                  fractions: Optional[Sequence[float]] = None,
+                  guard: Optional[int] = None,
+                  names: Sequence[str] = conventions.SPLITS) -> Dict[str, Region]:
   """x-slabs of one periodic box for train / validation / test, with guard bands.
 
   The x axis is laid out as `train | guard | validation | guard | test | guard`
@@ -237,26 +241,33 @@ def split_regions(shape: Sequence[int], radius: int,
   Args:
     shape: box shape (Nx, Ny, Nz); only Nx is split.
     radius: crop radius r.
-    fractions: relative sizes of train, validation and test (all > 0).
+    fractions: relative sizes of the regions of `names` (all > 0); None:
+      `SPLIT_FRACTIONS`.
     guard: width of each guard band in cells, >= radius; None means radius.
+    names: the regions, in x order (the first takes what the others leave); a subset
+      of the splits when the others have snapshots of their own.
 
   Returns:
-    {"train": (start, stop), "validation": (start, stop), "test": (start, stop)},
-    half-open x-index ranges.
+    {name: (start, stop)}: half-open x-index ranges.
   """
   length = int(shape[0])
+  names = list(names)
   guard = int(radius) if guard is None else int(guard)
   if guard < radius:
     raise ValueError(f"guard band ({guard} cells) must be >= radius ({radius})")
-  if len(fractions) != len(conventions.SPLITS) or any(f <= 0 for f in fractions):
+  if fractions is None:
+    fractions = [SPLIT_FRACTIONS[name] for name in names]
+  if len(fractions) != len(names) or len(names) < 2 or any(f <= 0 for f in fractions):
     raise ValueError(
-        f"fractions must be 3 positive numbers (train, validation, test), got {fractions}")
-  usable = length - len(conventions.SPLITS) * guard
-  if usable < len(conventions.SPLITS):
+        f"fractions must be {len(names)} positive numbers ({', '.join(names)}), got "
+        f"{fractions}")
+  count = len(names)
+  usable = length - count * guard
+  if usable < count:
     raise errors.UserError(
-        f"box of {length} cells along x is too small for 3 regions with guard bands "
+        f"box of {length} cells along x is too small for {count} regions with guard bands "
         f"of {guard} cells (radius {radius}): needs at least "
-        f"{len(conventions.SPLITS) * (guard + 1)} cells; use a bigger box, a smaller "
+        f"{count * (guard + 1)} cells; use a bigger box, a smaller "
         "--radius, or independent snapshots for validation and test")
   total = float(sum(fractions))
   sizes = [max(1, int(np.floor(usable * f / total))) for f in fractions[1:]]
@@ -268,7 +279,7 @@ def split_regions(shape: Sequence[int], radius: int,
   sizes = [train_size] + sizes
   regions = {}
   start = 0
-  for name, size in zip(conventions.SPLITS, sizes):
+  for name, size in zip(names, sizes):
     regions[name] = (start, start + size)
     start += size + guard
   return regions

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import signal
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 from keras_cnn import conventions
 from keras_cnn import errors
@@ -33,22 +33,29 @@ def _flatten(config) -> Dict[str, object]:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
-def data_fingerprint(data_dir: Optional[str]) -> Optional[str]:
-  """Hash of the names, sizes and modification times of the files of `data_dir`
-  (None for the built-in simulator, whose data the settings alone define)."""
-  if not data_dir or not os.path.isdir(data_dir):
+def data_fingerprint(data_dirs: Union[None, str, Sequence[str]]) -> Optional[str]:
+  """Hash of the names, sizes and modification times of the files of the folders
+  `data_dirs` (one folder or several, in order; None for the built-in simulator, whose
+  data the settings alone define)."""
+  if isinstance(data_dirs, str) or data_dirs is None:
+    data_dirs = [data_dirs]
+  folders = [folder for folder in data_dirs if folder and os.path.isdir(folder)]
+  if not folders:
     return None
   digest = hashlib.sha256()
-  for name in sorted(os.listdir(data_dir)):
-    stat = os.stat(os.path.join(data_dir, name))
-    digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  for i, folder in enumerate(folders):
+    if i:  # one folder hashes as it always did
+      digest.update(f"\0folder {i}\n".encode())
+    for name in sorted(os.listdir(folder)):
+      stat = os.stat(os.path.join(folder, name))
+      digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return digest.hexdigest()[:16]
 
 
 def manifest_for(config) -> dict:
   settings = {k: v for k, v in _flatten(config).items() if k not in HARMLESS}
   return {"keras_cnn_run": 1, "settings": settings,
-          "data_fingerprint": data_fingerprint(config.data.data_dir)}
+          "data_fingerprint": data_fingerprint(config.data.folders())}
 
 
 def check_or_create(workdir: str, config) -> bool:
@@ -78,7 +85,8 @@ def check_or_create(workdir: str, config) -> bool:
     old, new = recorded.get("settings", {}), wanted["settings"]
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if recorded.get("data_fingerprint") != wanted["data_fingerprint"]:
-      changed.append("the files of --data_dir")
+      changed.append("the files of --data_dir" if len(config.data.folders()) < 2 else
+                     "the files of the data folders")
     if changed:
       detail = ", ".join(f"--{k}" if not k.startswith("the ") else k for k in changed)
       raise errors.UserError(

@@ -27,7 +27,7 @@ def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
           dataset=flag_values.dataset, tfds_data_dir=flag_values.tfds_data_dir,
           n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
           data_seed=flag_values.data_seed, data_format=flag_values.data_format,
-          box_size_mpc=flag_values.box_size_mpc),
+          box_size_mpc=flag_values.box_size_mpc, **cli_flags.split_flags_from(flag_values)),
       batch_size=flag_values.batch_size or training.DEFAULT_BATCH_SIZE[flag_values.train_unit],
       epochs=flag_values.epochs,
       steps_per_epoch=flag_values.steps_per_epoch, learning_rate=flag_values.learning_rate,

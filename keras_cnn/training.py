@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -32,10 +32,14 @@ from keras_cnn import runs
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the snapshots come from (see `keras_cnn.data.splits`)."""
+  """Where the snapshots come from (see `keras_cnn.data.splits.load_splits`).
+
+  `redshift` is None, one redshift, a tuple of them, or "all". The `<split>_redshifts`
+  (of `data_dir`) and `<split>_dirs` (folders) give a split whole snapshots of its own.
+  """
 
   data_dir: Optional[str] = None
-  redshift: Optional[float] = None
+  redshift: Union[None, float, str, Tuple[float, ...]] = None
   dataset: str = splits_lib.SYNTHETIC
   tfds_data_dir: Optional[str] = None
   n_cells: int = 64
@@ -43,6 +47,29 @@ class DataConfig:
   data_seed: int = 0
   data_format: str = "auto"  # one of `keras_cnn.data.formats.DATA_FORMATS`
   box_size_mpc: Optional[float] = None  # C2-Ray source masses in solar masses
+  train_redshifts: Optional[Tuple[float, ...]] = None
+  validation_redshifts: Optional[Tuple[float, ...]] = None
+  test_redshifts: Optional[Tuple[float, ...]] = None
+  train_dirs: Optional[Tuple[str, ...]] = None
+  validation_dirs: Optional[Tuple[str, ...]] = None
+  test_dirs: Optional[Tuple[str, ...]] = None
+
+  def split_redshifts(self) -> Dict[str, Tuple[float, ...]]:
+    """{split: its own redshifts of data_dir}, for the splits that have some."""
+    return {split: getattr(self, f"{split}_redshifts") for split in conventions.SPLITS
+            if getattr(self, f"{split}_redshifts")}
+
+  def split_dirs(self) -> Dict[str, Tuple[str, ...]]:
+    """{split: its own folders}, for the splits that have some."""
+    return {split: getattr(self, f"{split}_dirs") for split in conventions.SPLITS
+            if getattr(self, f"{split}_dirs")}
+
+  def folders(self) -> List[str]:
+    """Every user folder the run reads: data_dir, then each split's folders."""
+    found = [self.data_dir] if self.data_dir else []
+    for folders in self.split_dirs().values():
+      found.extend(folders)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +345,9 @@ def _train(config: TrainConfig, workdir: str, precision: str,
                                   tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
                                   mean_xhii=data.mean_xhii, data_seed=data.data_seed,
                                   data_format=data.data_format,
-                                  box_size_mpc=data.box_size_mpc)
+                                  box_size_mpc=data.box_size_mpc,
+                                  split_redshifts=data.split_redshifts(),
+                                  split_dirs=data.split_dirs())
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],

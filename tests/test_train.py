@@ -242,3 +242,22 @@ def test_train_reads_the_layout_flags_and_records_them(tmp_path, parse_flags, sn
   assert training.train_and_evaluate(npy, workdir)["num_voxels"] == TINY.test_examples
   with pytest.raises(errors.UserError, match="--data_format differ"):
     training.train_and_evaluate(detect, workdir)
+
+
+def test_training_on_several_snapshots_scores_the_whole_test_snapshot(tmp_path, snapshot_dir):
+  """--test_redshifts: test is a whole snapshot; train and validation share slabs of the
+  other two redshifts of the folder."""
+  from keras_cnn.data import simulate
+
+  for z, mean_xhii in ((7.305, 0.7), (8.397, 0.5), (9.5, 0.3)):
+    data_dir = snapshot_dir(simulate.simulate_snapshot(16, seed=4, redshift=z,
+                                                       mean_xhii=mean_xhii), name="boxes")
+  data = training.DataConfig(data_dir=data_dir, test_redshifts=(7.305,))
+  config = dataclasses.replace(PATCH, data=data, epochs=1)
+  workdir = str(tmp_path / "run")
+  metrics = training.train_and_evaluate(config, workdir)
+  assert metrics["num_voxels"] == 16 ** 3
+  assert metrics["mean_xhii_true"] == pytest.approx(0.7, abs=0.01)
+  with open(os.path.join(workdir, conventions.MANIFEST_FILE)) as stream:
+    settings = json.load(stream)["settings"]
+  assert settings["test_redshifts"] == [7.305] and settings["train_redshifts"] is None

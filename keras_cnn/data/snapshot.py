@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import os
 import tempfile
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import logging
@@ -30,6 +30,11 @@ FILE_PREFIXES = {"rho": "rho", "n_src": "nsrc", "x_hii": "xHII"}
 
 class SnapshotError(errors.UserError):
   """A snapshot that cannot be used; the message names file, field and problem."""
+
+
+# Which snapshots of a folder: None (its only one), one redshift, several, or "all".
+RedshiftSelection = Union[None, float, str, Tuple[float, ...]]
+ALL_REDSHIFTS = "all"
 
 
 @dataclasses.dataclass
@@ -100,8 +105,68 @@ def list_redshifts(data_dir: str, data_format: str = "auto") -> List[float]:
   return [snap.redshift for snap in formats.scan(data_dir, data_format)]
 
 
+def parse_redshifts(text: str, allow_all: bool = True) -> RedshiftSelection:
+  """A --redshift value: "all", one redshift (a float) or a comma list (a tuple).
+
+  Raises:
+    ValueError: not numbers, or a redshift that is negative or not finite.
+  """
+  text = str(text).strip()
+  if allow_all and text.lower() == ALL_REDSHIFTS:
+    return ALL_REDSHIFTS
+  parts = [part.strip() for part in text.split(",")]
+  if not text or not all(parts):
+    raise ValueError(f"expected a comma list of redshifts{' or all' if allow_all else ''}, "
+                     f"got {text!r}")
+  try:
+    values = tuple(float(part) for part in parts)
+  except ValueError:
+    raise ValueError(f"expected a comma list of redshifts{' or all' if allow_all else ''}, "
+                     f"got {text!r}") from None
+  bad = [v for v in values if not (v >= 0.0 and v != float("inf"))]
+  if bad:
+    raise ValueError(f"redshifts must be finite and >= 0, got {bad[0]}")
+  return values[0] if len(values) == 1 else values
+
+
+def select_redshifts(data_dir: str, wanted: RedshiftSelection, data_format: str = "auto",
+                     flag: str = "--redshift") -> List[float]:
+  """The redshifts of the snapshots of `data_dir` that `wanted` names, in its order.
+
+  Args:
+    data_dir: the folder.
+    wanted: None (the folder's only snapshot), a redshift, a sequence of them, or "all".
+      Values are matched within `formats.REDSHIFT_TOLERANCE`; one snapshot named twice
+      is returned once.
+    data_format: one of `formats.DATA_FORMATS`.
+    flag: the flag that `wanted` came from, for messages.
+
+  Raises:
+    SnapshotError: no snapshot files, several where one was expected, or a redshift
+      without a snapshot.
+  """
+  from keras_cnn.data import formats
+
+  snapshots = formats.scan(data_dir, data_format)
+  if isinstance(wanted, str) and wanted == ALL_REDSHIFTS:
+    if not snapshots:
+      _pick_snapshot(data_dir, snapshots, None, data_format)  # raises: no files
+    return [snap.redshift for snap in snapshots]
+  if wanted is None or isinstance(wanted, (int, float)):
+    values = [wanted]
+  else:
+    values = list(wanted)
+  found = []
+  for value in values:
+    redshift = _pick_snapshot(data_dir, snapshots, value, data_format, flag).redshift
+    if redshift not in found:
+      found.append(redshift)
+  return found
+
+
 def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
-                   redshift: Optional[float], data_format: str) -> "formats.SnapshotFiles":
+                   redshift: Optional[float], data_format: str,
+                   flag: str = "--redshift") -> "formats.SnapshotFiles":
   from keras_cnn.data import formats
 
   listed = ", ".join(formats.format_redshift(s.redshift) for s in snapshots)
@@ -114,12 +179,13 @@ def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
   if redshift is None:
     if len(snapshots) > 1:
       raise SnapshotError(
-          f"{data_dir}: several redshifts ({listed}); pick one with --redshift")
+          f"{data_dir}: several redshifts ({listed}); pick one with --redshift (or several: "
+          "a comma list, or all)")
     return snapshots[0]
   nearest = min(snapshots, key=lambda s: abs(s.redshift - float(redshift)))
   if abs(nearest.redshift - float(redshift)) > formats.REDSHIFT_TOLERANCE:
     raise SnapshotError(
-        f"{data_dir}: no snapshot at --redshift={formats.format_redshift(float(redshift))}; "
+        f"{data_dir}: no snapshot at {flag}={formats.format_redshift(float(redshift))}; "
         f"available: {listed}")
   return nearest
 
