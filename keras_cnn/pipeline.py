@@ -238,6 +238,12 @@ def split_regions(shape: Sequence[int], radius: int,
   is separated by `guard` cells (default: r) in both directions. With guard >= r
   no crop centred in one region contains a voxel of another region.
 
+  Every region but the first gets its fraction of the whole box, rounded up (so
+  validation and test hold at least 10% of the voxels each by default); the first
+  (train) gets what the others and the guard bands leave. A box too small for that
+  with a training slab at least as thick as the other slabs together is refused
+  with the flags that would work instead.
+
   Args:
     shape: box shape (Nx, Ny, Nz); only Nx is split.
     radius: crop radius r.
@@ -249,6 +255,9 @@ def split_regions(shape: Sequence[int], radius: int,
 
   Returns:
     {name: (start, stop)}: half-open x-index ranges.
+
+  Raises:
+    errors.UserError: the box is too small (the message says what to pass instead).
   """
   length = int(shape[0])
   names = list(names)
@@ -262,21 +271,26 @@ def split_regions(shape: Sequence[int], radius: int,
         f"fractions must be {len(names)} positive numbers ({', '.join(names)}), got "
         f"{fractions}")
   count = len(names)
-  usable = length - count * guard
-  if usable < count:
-    raise errors.UserError(
-        f"box of {length} cells along x is too small for {count} regions with guard bands "
-        f"of {guard} cells (radius {radius}): needs at least "
-        f"{count * (guard + 1)} cells; use a bigger box, a smaller "
-        "--radius, or independent snapshots for validation and test")
   total = float(sum(fractions))
-  sizes = [max(1, int(np.floor(usable * f / total))) for f in fractions[1:]]
-  train_size = usable - sum(sizes)
-  if train_size < 1:
+  sizes = [max(1, int(np.ceil(length * f / total - 1e-9))) for f in fractions[1:]]
+  held_out = sum(sizes)
+  first = length - held_out - count * guard
+  if first < held_out:
+    others = " and ".join(names[1:])
+    slabs = ", ".join(f"{name} {size}" for name, size in zip(names[1:], sizes))
+    instead = [f"give {others} snapshots of their own (a second box: "
+               + ", ".join(f"--{name}_dirs" for name in names[1:]) + "; or other redshifts "
+               "of --data_dir: " + ", ".join(f"--{name}_redshifts" for name in names[1:])
+               + ")"]
+    largest = (length - 2 * held_out) // count
+    if guard == radius and 0 <= largest < radius:
+      instead.append(f"use --radius={largest} or less")
     raise errors.UserError(
-        f"box of {length} cells along x leaves no training cells after validation and "
-        f"test slabs of {sizes} cells and guard bands of {guard} cells")
-  sizes = [train_size] + sizes
+        f"a box of {length} cells along x is too small to cut {others} slabs of their "
+        f"share of the box (x-cells: {slabs}) and a {names[0]} slab at least as thick as "
+        f"those together, with guard bands of {guard} cells (the crop radius) between "
+        f"them: {names[0]} would keep {max(first, 0)} cells; " + ", or ".join(instead))
+  sizes = [first] + sizes
   regions = {}
   start = 0
   for name, size in zip(names, sizes):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_cnn import errors
 from keras_cnn import model as model_lib
 from keras_cnn import pipeline
 
@@ -120,10 +121,13 @@ def test_augmented_crops_apply_same_symmetry_to_both_fields():
 
 
 @pytest.mark.parametrize("length, radius, guard", [(300, 24, None), (64, 4, None),
-                                                   (40, 3, 6), (9, 2, None)])
+                                                   (40, 3, 6), (16, 2, None), (64, 12, None),
+                                                   (128, 15, None)])
 def test_split_regions_disjoint_with_guard_bands(length, radius, guard):
   regions = pipeline.split_regions((length, 8, 8), radius, guard=guard)
   assert list(regions) == ["train", "validation", "test"]
+  for name in ("validation", "test"):  # at least 10% of the voxels each
+    assert regions[name][1] - regions[name][0] >= 0.1 * length
   owner = np.full(length, "", dtype=object)
   for name, (start, stop) in regions.items():
     assert 0 <= start < stop <= length
@@ -144,11 +148,29 @@ def test_split_regions_disjoint_with_guard_bands(length, radius, guard):
 def test_split_regions_fractions_and_errors():
   regions = pipeline.split_regions((300, 300, 300), 24)
   sizes = {name: stop - start for name, (start, stop) in regions.items()}
-  assert sizes == {"train": 184, "validation": 22, "test": 22}
-  with pytest.raises(ValueError, match="too small for 3 regions.*needs at least 27"):
+  assert sizes == {"train": 168, "validation": 30, "test": 30}
+  with pytest.raises(ValueError, match="train would keep 0 cells.*--radius=4 or less"):
     pipeline.split_regions((20, 20, 20), 8)
   with pytest.raises(ValueError, match="guard band"):
     pipeline.split_regions((64, 64, 64), 4, guard=3)
+  regions = pipeline.split_regions((16, 4, 4), 3, names=("train", "validation"))
+  assert regions == {"train": (0, 8), "validation": (11, 13)}  # 3 + 3 guard cells
+
+
+def test_a_64_box_at_the_default_radius_is_refused_with_what_to_pass_instead():
+  """10% slabs for validation and test and guards of r = 15 leave 5 of 64 planes to
+  train: refused, naming the flags that work."""
+  with pytest.raises(errors.UserError) as error:
+    pipeline.split_regions((64, 64, 64), 15)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "validation 7, test 7" in message and "train would keep 5 cells" in message
+  for flag in ("--validation_dirs", "--test_dirs", "--validation_redshifts",
+               "--test_redshifts", "--radius=12 or less"):
+    assert flag in message
+  regions = pipeline.split_regions((64, 64, 64), 12)
+  assert {name: stop - start for name, (start, stop) in regions.items()} == {
+      "train": 14, "validation": 7, "test": 7}
 
 
 def test_training_crops_never_reach_other_regions():

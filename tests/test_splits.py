@@ -168,3 +168,16 @@ def test_evaluate_and_predict_read_several_snapshots_of_a_folder(folders):
     folder = folders["real1"] if redshift is None else folders["main"]
     boxes = splits_lib.load_box(folder, redshift, "synthetic", radius=RADIUS)
     assert [round(box.redshift, 3) for box in boxes] == want
+
+
+def test_one_small_box_at_the_default_radius_is_refused_in_one_line(snapshot_dir):
+  from conftest import tiny_snapshot
+
+  folder = snapshot_dir(tiny_snapshot((64, 32, 32)))
+  with pytest.raises(errors.UserError, match=r"train would keep 5 cells; give validation "
+                     r"and test snapshots of their own .*--radius=12 or less") as error:
+    splits_lib.load_splits(folder, None, "synthetic", 15)
+  assert "\n" not in str(error.value)
+  splits = splits_lib.load_splits(folder, None, "synthetic", 12)
+  assert {split: data.region for split, data in splits.items()} == {
+      "train": (0, 14), "validation": (26, 33), "test": (45, 52)}
