@@ -391,13 +391,14 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
   result.update(metrics_lib.ionized_map_scores(y_true_all, y_pred_all))  # every voxel
   result = {key: _json_safe(value) for key, value in result.items()}
 
-  plots.plot_pred_vs_true(y_true_all, y_pred_all, os.path.join(out_dir, conventions.PRED_VS_TRUE_PNG),
-                          r2=result["r2"])
+  plots.plot_pred_vs_true(y_true_all, y_pred_all,
+                          os.path.join(out_dir, conventions.PRED_VS_TRUE_PNG), r2=result["r2"])
   if spectra:
     _write_power_spectra(os.path.join(out_dir, conventions.POWER_SPECTRUM_FILE), spectra)
   if history_csv:
     plots.plot_history(history_csv, os.path.join(out_dir, conventions.HISTORY_PNG))
-  io_utils.write_text(os.path.join(out_dir, conventions.METRICS_FILE), json.dumps(result, indent=2) + "\n")
+  io_utils.write_text(os.path.join(out_dir, conventions.METRICS_FILE),
+                      json.dumps(result, indent=2) + "\n")
   return result
 
 

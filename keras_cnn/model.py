@@ -104,8 +104,10 @@ def feature_map_sizes(config: ModelConfig) -> list:
   for _ in LEFT_BLOCKS:
     if config.padding == "same":
       side = -(-side // config.stride_conv)  # ceil(n / stride)
+    elif side >= config.kernel_size:
+      side = (side - config.kernel_size) // config.stride_conv + 1
     else:
-      side = (side - config.kernel_size) // config.stride_conv + 1 if side >= config.kernel_size else 0
+      side = 0
     side = side // config.kernel_pooling  # pool stride = pool size
     sizes.append(side)
   return sizes

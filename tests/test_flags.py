@@ -31,7 +31,8 @@ def test_every_model_field_is_a_flag():
 
 def test_default_preset_file_equals_the_defaults(parse):
   """flags/default.flags, the flag defaults and the dataclass defaults are one preset."""
-  from_file = train.config_from_flags(parse(f"--flagfile={os.path.join(REPO, 'flags', 'default.flags')}"))
+  preset = os.path.join(REPO, "flags", "default.flags")
+  from_file = train.config_from_flags(parse(f"--flagfile={preset}"))
   from_defaults = train.config_from_flags(parse())
   assert from_file == from_defaults == training.TrainConfig()
 

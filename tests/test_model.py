@@ -155,7 +155,8 @@ x = dict(np.load(inputs))
 backend = keras.backend.backend()
 np.save(f"{workdir}/from_tensorflow_on_{backend}.npy",
         keras.saving.load_model(tf_model, safe_mode=True).predict(x, verbose=0))
-own = m.build_model(m.ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=1, padding='same'),
+own = m.build_model(m.ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1,
+                                  kernel_pooling=1, padding='same'),
                     n_igm_stats=(0.5, 2.0), n_src_stats=(0.3, 1.5))
 own.save(f"{workdir}/{backend}.keras")
 np.save(f"{workdir}/{backend}_on_{backend}.npy", own.predict(x, verbose=0))

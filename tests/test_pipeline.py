@@ -350,7 +350,7 @@ def test_512_box_peak_memory_below_twice_fields():
        "--memory_cells=512"],
       capture_output=True, text=True, check=True, timeout=600,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  line = [l for l in result.stdout.splitlines() if l.startswith("{")][-1]
+  line = [text for text in result.stdout.splitlines() if text.startswith("{")][-1]
   report = json.loads(line)
   assert report["fields_bytes"] == 3 * 512**3 * 4
   # Growth of the peak over tensorflow's own baseline (~1 GB of libraries).

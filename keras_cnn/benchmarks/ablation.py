@@ -1,7 +1,8 @@
 """Ablation under a fixed wall-clock budget: which preset is the CPU default.
 
 `python -m keras_cnn.benchmarks.ablation --budget_minutes=3 --workdir=/tmp/ablation`
-(any training flag, e.g. --flagfile, sets the base row) trains each row on the synthetic training realization for the same wall-clock budget
+(any training flag, e.g. --flagfile, sets the base row) trains each row on the synthetic
+training realization for the same wall-clock budget
 (`--time_budget_minutes`), scores it on the independent test realization, and prints
 one JSON line per row. Every row changes one or two levers from `base` (the default
 preset), and `local` is the centre-voxel-only baseline (r=0: the same network sees

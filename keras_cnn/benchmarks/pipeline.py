@@ -65,7 +65,8 @@ for _name in ("box_cells", "min_seconds", "repeats", "crop_batch", "seed_max_cro
 
 
 def seed_get_neighborhood(T, x0, y0, z0, r):  # pylint: disable=invalid-name
-  """The original method (week 2 of the original project): per-point list indexing, one axis at a time.
+  """The original method (week 2 of the original project): per-point list indexing, one
+  axis at a time.
 
   `T` has shape (1, 1, N, N, N); a window crossing the upper face continues at 0,
   one crossing the lower face uses negative indices.

@@ -20,14 +20,11 @@ times, and PyTorch once more at the end: `ex_per_s` is the median over repeats a
 drifts: OpenMP runs slow down badly when another process takes a core; `cpu_util` says
 how many cores a run kept busy, and `ex_per_core_s` = ex_per_s / cpu_util is the
 contention-robust companion of ex_per_s, `speedup_per_core_s` its ratio to PyTorch's
-median). A full default sweep takes about an hour on 2 cores
-(XLA settings at r=24 take minutes per step); restrict it with --radius/--backends/
---setting.
+median). The full default sweep is long on a small CPU (XLA settings at r=24 take
+minutes per step); restrict it with --radius/--backends/--setting.
 
-The original PyTorch network (week 2 of the original project): Conv3d -> BatchNorm3d -> LeakyReLU -> AvgPool3d(2),
-three times per branch, `torch.cat` on channels, Flatten -> Dropout(0.8) -> 5 x (Linear
--> Dropout(0.5) -> LeakyReLU) -> Linear(8) -> Linear(4) -> Linear(1) -> sigmoid; MSE
-loss, Adam(1e-3), NCDHW float32, eager.
+The baseline is `keras_cnn.benchmarks.torch_reference`, trained with MSE loss,
+Adam(1e-3), NCDHW float32, eager.
 
 FLOPs are counted analytically: 2 x multiply-adds of every convolution tap that reads
 an in-bounds input voxel (taps over the zero padding are not useful work) plus the dense
@@ -188,7 +185,8 @@ def _pytorch_worker(spec: dict) -> dict:
   import torch
   torch.set_num_threads(spec["threads"])
   torch.manual_seed(0)
-  model = torch_reference.build_original_pytorch(spec["radius"], spec["filters"], spec["kernel_size"])
+  model = torch_reference.build_original_pytorch(spec["radius"], spec["filters"],
+                                                 spec["kernel_size"])
   model.train()
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = torch.nn.MSELoss()

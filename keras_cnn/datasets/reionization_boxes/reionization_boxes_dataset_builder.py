@@ -63,7 +63,8 @@ def _synthetic(name: str, n_cells: int, num_train: int) -> ReionizationBoxesConf
   return ReionizationBoxesConfig(
       name=name, n_cells=n_cells, num_train=num_train,
       description=(f"{n_cells}^3 synthetic boxes of {conventions.CELL_SIZE_MPC} cMpc cells "
-                   f"at z=8.397, mean x_HII 0.5; {num_train} train, 1 validation, 1 test realization, seed 0."))
+                   f"at z=8.397, mean x_HII 0.5; {num_train} train, 1 validation, 1 test "
+                   "realization, seed 0."))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
