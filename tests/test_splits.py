@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import pytest
 from absl import flags
 
@@ -114,7 +113,8 @@ def test_realization_folders_per_split(folders):
     (dict(data_dir=None, redshift=8.397, train_dirs=("{real1}",),
           validation_dirs=("{real2}",), test_dirs=("{real1}/.",)),
      r"named by --train_dirs=.*real1 and by --test_dirs=.*real1/\."),
-    (dict(test_redshifts=(6.0,)), r"no snapshot at --test_redshifts=6.000; available: 7.305, 8.397, 9.500"),
+    (dict(test_redshifts=(6.0,)),
+     r"no snapshot at --test_redshifts=6.000; available: 7.305, 8.397, 9.500"),
     (dict(), r"several redshifts \(7.305, 8.397, 9.500\); train on one with --redshift, on "
              r"several with --redshift=z1,z2 or --redshift=all"),
     (dict(train_dirs=("{main}",), validation_dirs=("{real1}",), test_dirs=("{real2}",),
