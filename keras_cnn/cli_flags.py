@@ -223,6 +223,10 @@ def define_train_flags() -> None:
                     "Train on every local device (see keras_cnn.distribute).")
   flags.DEFINE_enum("jit_compile", train.jit_compile, list(BACKEND_SETTINGS),
                     "XLA compilation of the train step; auto picks the fastest per backend.")
+  flags.DEFINE_string("source_units", train.source_units,
+                      "Units of the source field, free text (e.g. 'Msun per cell'), recorded "
+                      "in the saved model with statistics of the training inputs; evaluate "
+                      "and predict warn when a box's inputs lie far from them.")
   flags.DEFINE_enum("precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
                     "AVX512-BF16/AMX (faster: README), else float32.")
@@ -287,6 +291,10 @@ def _define_apply_flags() -> None:
   flags.DEFINE_float("memory_budget_gb", 1.5,
                      "Dense engine: memory bound of one tile's pass; sets the tile size.")
   flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.")
+  flags.DEFINE_boolean("strict_domain", False,
+                       "Stop with an error, rather than warn, when a box's source mean or "
+                       "fraction of non-zero source cells is more than 10x, or its "
+                       "overdensity variance more than 3x, off the model's training inputs.")
   flags.register_validator("memory_budget_gb", lambda v: math.isfinite(v) and v > 0,
                            message="--memory_budget_gb must be a finite number > 0")
 

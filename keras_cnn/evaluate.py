@@ -22,6 +22,7 @@ from absl import logging
 
 from keras_cnn import cli_flags
 from keras_cnn import conventions
+from keras_cnn import domain
 
 FLAGS = flags.FLAGS
 cli_flags.define_evaluate_flags()
@@ -46,6 +47,7 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   snapshots = cli_flags.load_box_from_flags(radius=inference.model_radius(model),
                                             require_target=True)
+  domain.check_inputs(model, snapshots, strict=FLAGS.strict_domain, model_name=FLAGS.model)
   metrics = inference.evaluate_model(
       model, snapshots, FLAGS.out, batch_size=batch_size,
       max_full_voxels=FLAGS.max_full_voxels, num_examples=FLAGS.num_examples,

@@ -8,6 +8,8 @@ original project's, so weights and summaries can be compared line by line.
 Input normalization lives inside the model (`source_transform`, `normalize_n_igm`,
 `normalize_n_src`), so a saved `.keras` file takes raw-unit fields: the overdensity
 `rho / mean(rho) - 1` (see `keras_cnn.data.snapshot.overdensity`) and raw source counts.
+The identity layer `input_domain` on the source input carries, in its config, what the
+training inputs were (`keras_cnn.domain`).
 """
 
 import dataclasses
@@ -84,6 +86,33 @@ class SourceTransform(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "kind": self.kind}
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class InputDomain(keras.layers.Layer):
+  """Identity on the source input whose config records what the training inputs were.
+
+  The record (`keras_cnn.domain.make_record`: the sources' units and statistics of
+  both training inputs) is plain JSON in the layer's config, so it travels inside the
+  saved `.keras` file and loads with `safe_mode=True`; `keras_cnn.domain.check_inputs`
+  compares new boxes with it.
+
+  Args:
+    record: the record, or None when the model was built without training data.
+  """
+
+  def __init__(self, record: Optional[dict] = None, **kwargs):
+    super().__init__(**kwargs)
+    self.record = record
+
+  def call(self, inputs):
+    return inputs
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), "record": self.record}
 
 
 def apply_source_transform(values, kind: str):
@@ -188,7 +217,7 @@ def _branch(x, block_ids, config: ModelConfig):
 def build_model(config: ModelConfig = ModelConfig(),
                 n_igm_stats: Optional[Sequence[float]] = None,
                 n_src_stats: Optional[Sequence[float]] = None,
-                name: str = "keras_cnn") -> keras.Model:
+                name: str = "keras_cnn", domain: Optional[dict] = None) -> keras.Model:
   """Builds the two-branch CNN.
 
   Args:
@@ -196,6 +225,8 @@ def build_model(config: ModelConfig = ModelConfig(),
     n_igm_stats: (mean, variance) of the training overdensity; (0, 1) if None.
     n_src_stats: (mean, variance) of the *transformed* training sources; (0, 1) if None.
     name: model name.
+    domain: the record of the training inputs (`keras_cnn.domain.make_record`), kept
+      in the config of the identity layer `input_domain`; None records nothing.
 
   Returns:
     A `keras.Model` with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,) and
@@ -211,7 +242,8 @@ def build_model(config: ModelConfig = ModelConfig(),
   left = keras.layers.Normalization(
       axis=None, mean=float(igm_mean), variance=float(igm_var),
       name="normalize_n_igm")(n_igm)
-  right = SourceTransform(config.source_transform, name="source_transform")(n_src)
+  right = InputDomain(domain, name="input_domain")(n_src)
+  right = SourceTransform(config.source_transform, name="source_transform")(right)
   right = keras.layers.Normalization(
       axis=None, mean=float(src_mean), variance=float(src_var),
       name="normalize_n_src")(right)

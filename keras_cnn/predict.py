@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from keras_cnn import cli_flags
+from keras_cnn import domain
 
 FLAGS = flags.FLAGS
 cli_flags.define_predict_flags()
@@ -43,6 +44,7 @@ def main(argv):
     raise app.UsageError(f"--box_index={FLAGS.box_index} but the data hold "
                          f"{len(snapshots)} box(es)")
   snapshot = snapshots[FLAGS.box_index]
+  domain.check_inputs(model, [snapshot], strict=FLAGS.strict_domain, model_name=FLAGS.model)
   try:
     start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards,
                                          FLAGS.shard_index)

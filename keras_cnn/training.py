@@ -23,6 +23,7 @@ import numpy as np
 from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import distribute
+from keras_cnn import domain
 from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
@@ -97,6 +98,7 @@ class TrainConfig:
   distribution: str = "none"
   jit_compile: str = "auto"
   precision: str = "auto"
+  source_units: str = domain.DEFAULT_SOURCE_UNITS  # recorded in the saved model
 
 
 TRAIN_UNITS = ("voxel", "patch")
@@ -352,6 +354,10 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     logging.info("%s: %s", split, split_data.describe())
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
+  train = splits["train"]
+  record = domain.make_record([(n_igm, n_src) for n_igm, n_src, _ in train.fields],
+                              train.region, config.source_units,
+                              [snapshot.redshift for snapshot in train.snapshots])
 
   best_path = os.path.join(workdir, conventions.BEST_FILE)
   model_path = os.path.join(workdir, conventions.MODEL_FILE)
@@ -365,7 +371,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     if start_epoch:
       logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
     _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks,
-         igm_stats, src_stats)
+         igm_stats, src_stats, record)
     io_utils.write_text(done_path, "fit finished; the best model is best.keras or model.keras\n")
     shutil.rmtree(os.path.join(workdir, conventions.BACKUP_DIR), ignore_errors=True)
     runs.kill_point("fit")
@@ -383,7 +389,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
 
 
 def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
-         precision: str, extra_callbacks, igm_stats, src_stats) -> None:
+         precision: str, extra_callbacks, igm_stats, src_stats, record: dict) -> None:
   """Fits the model (or its dense twin, on patches) until a stopping rule fires."""
   from keras_cnn import pipeline
 
@@ -415,7 +421,7 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
   jit_compile = resolve_jit_compile(config.jit_compile)
   with distribute.distribution_scope(config.distribution) as info:
     distribute.check_global_batch(config.batch_size, info)
-    model = model_lib.build_model(config.model, igm_stats, src_stats)
+    model = model_lib.build_model(config.model, igm_stats, src_stats, domain=record)
     fitted = dense.DenseTwin(model, flat_output=True) if patches else model
     compile_model(fitted, config.learning_rate, jit_compile, config.loss)
   logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",
