@@ -23,6 +23,8 @@ from absl import logging
 from keras_cnn import cli_flags
 from keras_cnn import conventions
 from keras_cnn import domain
+from keras_cnn import model as model_lib
+from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_evaluate_flags()
@@ -47,6 +49,8 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   snapshots = cli_flags.load_box_from_flags(radius=inference.model_radius(model),
                                             require_target=True)
+  snapshots = [snapshot_lib.for_model(s, model_lib.source_transform_of(model))
+               for s in snapshots]
   domain.check_inputs(model, snapshots, strict=FLAGS.strict_domain, model_name=FLAGS.model)
   metrics = inference.evaluate_model(
       model, snapshots, FLAGS.out, batch_size=batch_size,

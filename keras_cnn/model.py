@@ -20,7 +20,10 @@ from keras import ops
 
 LEFT_BLOCKS = (6, 7, 8)
 RIGHT_BLOCKS = (15, 16, 17)
-SOURCE_TRANSFORMS = ("none", "log1p")
+SOURCE_TRANSFORMS = ("none", "log1p", "mean_scaled")
+# Transforms whose source input is the box's sources over their box mean (applied by
+# the caller: `keras_cnn.data.snapshot.scale_sources`), which makes the model unit-free.
+MEAN_SCALED = ("mean_scaled",)
 PADDINGS = ("same", "valid")
 
 
@@ -62,8 +65,14 @@ class SourceTransform(keras.layers.Layer):
   Source counts are heavy-tailed (mostly zeros, a few bright cells); `log1p`
   compresses the tail so that normalization is not dominated by it.
 
+  "mean_scaled" is `log1p` of sources the caller has divided by their box mean
+  (`keras_cnn.data.snapshot.scale_sources`): a box mean is a property of the whole box,
+  which no crop sees, so the division cannot happen in here; the kind, saved with the
+  model, tells every command to apply it, and the model then takes sources in any unit.
+
   Args:
-    kind: "log1p" (log(1 + max(x, 0))) or "none" (identity).
+    kind: "log1p" (log(1 + max(x, 0))), "mean_scaled" (the same, on sources over their
+      box mean) or "none" (identity).
 
   Example:
     >>> SourceTransform("log1p")(np.array([0.0, np.e - 1.0]))  # -> [0., 1.]
@@ -77,7 +86,7 @@ class SourceTransform(keras.layers.Layer):
     self.kind = kind
 
   def call(self, inputs):
-    if self.kind == "log1p":
+    if self.kind in ("log1p",) + MEAN_SCALED:
       return ops.log1p(ops.maximum(inputs, 0.0))
     return inputs
 
@@ -123,7 +132,14 @@ def apply_source_transform(values, kind: str):
     raise ValueError(
         f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
   values = np.asarray(values, dtype=np.float32)
-  return np.log1p(np.maximum(values, 0.0)) if kind == "log1p" else values
+  if kind in ("log1p",) + MEAN_SCALED:
+    return np.log1p(np.maximum(values, 0.0))
+  return values
+
+
+def source_transform_of(model: keras.Model) -> str:
+  """The `source_transform` kind of a built or loaded model."""
+  return model.get_layer("source_transform").kind
 
 
 def feature_map_sizes(config: ModelConfig) -> list:

@@ -22,6 +22,8 @@ from absl import logging
 
 from keras_cnn import cli_flags
 from keras_cnn import domain
+from keras_cnn import model as model_lib
+from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_predict_flags()
@@ -43,7 +45,8 @@ def main(argv):
   if FLAGS.box_index >= len(snapshots):
     raise app.UsageError(f"--box_index={FLAGS.box_index} but the data hold "
                          f"{len(snapshots)} box(es)")
-  snapshot = snapshots[FLAGS.box_index]
+  snapshot = snapshot_lib.for_model(snapshots[FLAGS.box_index],
+                                    model_lib.source_transform_of(model))
   domain.check_inputs(model, [snapshot], strict=FLAGS.strict_domain, model_name=FLAGS.model)
   try:
     start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards,

@@ -350,6 +350,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
                                   box_size_mpc=data.box_size_mpc,
                                   split_redshifts=data.split_redshifts(),
                                   split_dirs=data.split_dirs())
+  splits = splits_lib.for_model(splits, config.model.source_transform)
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],

@@ -124,3 +124,63 @@ def test_predict_warns_on_stderr_and_strict_domain_stops_it(trained, tmp_path, r
   errors = [line for line in strict.stderr.splitlines() if line.startswith("Error:")]
   assert len(errors) == 1 and "source mean" in errors[0]
   assert not (tmp_path / "y.npy").exists()
+
+
+# --- --source_transform=mean_scaled: sources over their box mean, in any unit.
+
+
+def test_scale_sources_divides_by_the_box_mean():
+  n_src = np.array([[[0.0, 2.0], [6.0, 0.0]]], np.float32)
+  np.testing.assert_allclose(snapshot_lib.scale_sources(n_src), n_src / 2.0)
+  assert not snapshot_lib.scale_sources(np.zeros((2, 2, 2), np.float32)).any()
+  box = _box()
+  assert snapshot_lib.for_model(box, "log1p") is box
+  scaled = snapshot_lib.for_model(box, "mean_scaled")
+  assert float(scaled.n_src.mean(dtype=np.float64)) == pytest.approx(1.0, rel=1e-5)
+  assert scaled.rho is box.rho
+  np.testing.assert_allclose(scaled.n_src, box.n_src / box.n_src.mean(dtype=np.float64),
+                             rtol=1e-6)
+
+
+def test_a_mean_scaled_model_takes_sources_in_any_unit(tmp_path):
+  from keras_cnn import inference
+
+  keras.utils.set_random_seed(0)
+  config = model_lib.ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
+                                 padding="valid", dense_units=(8, 8, 8, 8, 8),
+                                 tail_units=(4, 4), source_transform="mean_scaled")
+  model = model_lib.build_model(config, n_src_stats=(0.5, 0.3))
+  path = str(tmp_path / "m.keras")
+  model.save(path)
+  loaded = keras.saving.load_model(path, safe_mode=True)
+  assert model_lib.source_transform_of(loaded) == "mean_scaled"
+  maps = []
+  for scale in (1.0, 1e3):
+    box = snapshot_lib.for_model(_box(source_scale=scale), model_lib.source_transform_of(loaded))
+    maps.append(inference.predict_map(loaded, box.n_igm, box.n_src, progress=False))
+  np.testing.assert_allclose(maps[0], maps[1], rtol=1e-4, atol=1e-6)
+  log1p = model_lib.build_model(dataclasses.replace(config, source_transform="log1p"),
+                                n_src_stats=(0.5, 0.3))
+  log1p.set_weights(model.get_weights())
+  raw = [inference.predict_map(log1p, box.n_igm, box.n_src, progress=False)
+         for box in (_box(), _box(source_scale=1e3))]
+  assert np.abs(raw[0] - raw[1]).max() > 1e-3  # the plain log1p model is not unit-free
+
+
+def test_training_with_mean_scaled_sources_records_the_scaled_inputs(tmp_path):
+  from keras_cnn.data import splits as splits_lib
+
+  box = _box()
+  shared = {split: splits_lib.SplitData([box], region=(0, 4)) for split in ("train", "test")}
+  converted = splits_lib.for_model(shared, "mean_scaled")
+  assert converted["train"].snapshots[0] is converted["test"].snapshots[0]
+  config = dataclasses.replace(
+      TINY, epochs=1, steps_per_epoch=1,
+      model=dataclasses.replace(TINY.model, source_transform="mean_scaled"))
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(config, workdir)
+  model = keras.saving.load_model(os.path.join(workdir, "model.keras"), safe_mode=True)
+  record = domain.read_record(model)
+  assert record["sources"]["mean"] == pytest.approx(1.0, rel=1e-5)
+  far = snapshot_lib.for_model(_box(source_scale=1e3), "mean_scaled")
+  assert domain.check_inputs(model, [far], strict=True) == []

@@ -74,6 +74,29 @@ def overdensity(rho: np.ndarray) -> np.ndarray:
   return (rho / np.float32(mean) - np.float32(1.0)).astype(np.float32, copy=False)
 
 
+def scale_sources(n_src: np.ndarray) -> np.ndarray:
+  """n_src / mean(n_src) over the whole box: the source input of a model trained with
+  --source_transform=mean_scaled (a box without sources stays all zeros)."""
+  n_src = np.asarray(n_src, dtype=np.float32)
+  mean = float(n_src.mean(dtype=np.float64))
+  if not mean > 0.0:
+    return np.zeros_like(n_src)
+  return (n_src / np.float32(mean)).astype(np.float32, copy=False)
+
+
+def for_model(snapshot: Snapshot, source_transform: str) -> Snapshot:
+  """`snapshot` as a model with `source_transform` takes it: its sources over their box
+  mean for the mean-scaled kinds (a new Snapshot sharing the other fields), else itself."""
+  from keras_cnn import model as model_lib  # keras only when a model is in play
+
+  if source_transform not in model_lib.MEAN_SCALED:
+    return snapshot
+  scaled = dataclasses.replace(snapshot, n_src=scale_sources(snapshot.n_src))
+  if "n_igm" in snapshot.__dict__:  # the overdensity is computed once per box
+    scaled.__dict__["n_igm"] = snapshot.__dict__["n_igm"]
+  return scaled
+
+
 def snapshot_filename(field: str, redshift: float) -> str:
   """The original file name of `field` ("rho", "n_src" or "x_hii") at `redshift`."""
   return f"{FILE_PREFIXES[field]}_z{redshift:.3f}.npy"

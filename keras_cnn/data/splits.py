@@ -224,6 +224,20 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
   return {split: result[split] for split in conventions.SPLITS}
 
 
+def for_model(splits: Dict[str, SplitData], source_transform: str) -> Dict[str, SplitData]:
+  """The splits as a model with `source_transform` takes them (see
+  `snapshot_lib.for_model`); a box shared by several splits stays one object."""
+  done: Dict[int, snapshot_lib.Snapshot] = {}
+
+  def convert(snapshot):
+    if id(snapshot) not in done:
+      done[id(snapshot)] = snapshot_lib.for_model(snapshot, source_transform)
+    return done[id(snapshot)]
+
+  return {split: SplitData([convert(s) for s in data.snapshots], region=data.region)
+          for split, data in splits.items()}
+
+
 def normalization_stats(data: SplitData, source_transform: str):
   """(mean, variance) of the model's two inputs over the training centres' region."""
   from keras_cnn import model as model_lib
