@@ -228,7 +228,7 @@ def test_mixed_folder_reads_each_field_from_its_own_layout(tmp_path, caplog):
   write_xfrac3d(tmp_path / "xfrac3d_8.397.bin", x_hii)
   write_cbin(tmp_path / "8.397n_all.dat", rho)
   np.save(tmp_path / "nsrc_z8.397.npy", n_src)
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")  # whatever --verbosity says
   snap = snapshot_lib.load_snapshot(str(tmp_path))
   _assert_box(snap, rho, x_hii, n_src)
   assert (f"{tmp_path}: z=8.397: rho: 8.397n_all.dat, n_src: nsrc_z8.397.npy, "
