@@ -84,7 +84,13 @@ def define_model_flags() -> None:
   flags.DEFINE_list("dense_units", [str(u) for u in _MODEL.dense_units],
                     "Widths of dense .. dense_4.")
   flags.DEFINE_list("tail_units", [str(u) for u in _MODEL.tail_units], "Widths of dense_5, dense_6.")
-  flags.DEFINE_float("leaky_relu_slope", _MODEL.leaky_relu_slope, "LeakyReLU negative slope (torch default).")
+  flags.DEFINE_float("leaky_relu_slope", _MODEL.leaky_relu_slope,
+                     "LeakyReLU negative slope (torch default).")
+  flags.DEFINE_float("batch_norm_momentum", _MODEL.batch_norm_momentum,
+                     "Weight of the old value in BatchNormalization's moving mean and "
+                     "variance (torch's momentum=0.1 is 0.9 here).")
+  flags.register_validator("batch_norm_momentum", lambda v: 0.0 <= v < 1.0,
+                           message="--batch_norm_momentum must be in [0, 1)")
   flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
   flags.DEFINE_enum("padding", _MODEL.padding, list(model_lib.PADDINGS),
@@ -266,6 +272,7 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       dense_units=tuple(int(u) for u in flag_values.dense_units),
       tail_units=tuple(int(u) for u in flag_values.tail_units),
       leaky_relu_slope=flag_values.leaky_relu_slope,
+      batch_norm_momentum=flag_values.batch_norm_momentum,
       source_transform=flag_values.source_transform,
       padding=flag_values.padding,
   )

@@ -42,6 +42,9 @@ class ModelConfig:
   dense_units: Sequence[int] = (256, 128, 64, 32, 16)
   tail_units: Sequence[int] = (8, 4)
   leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the original network
+  # Weight of the old value in BatchNormalization's moving statistics (Keras' own
+  # default is 0.99; torch.nn.BatchNorm3d's momentum=0.1 is 0.9 in Keras' convention).
+  batch_norm_momentum: float = 0.99
   source_transform: str = "log1p"
   # "same" is the original; "valid" makes the network translation-equivariant, so its
   # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
@@ -222,7 +225,8 @@ def _branch(x, block_ids, config: ModelConfig):
     x = keras.layers.Conv3D(
         config.filters, config.kernel_size, strides=config.stride_conv,
         padding=config.padding, name=f"conv3d_{i}")(x)
-    x = keras.layers.BatchNormalization(name=f"batch_normalization_{i}")(x)
+    x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                        name=f"batch_normalization_{i}")(x)
     x = keras.layers.LeakyReLU(
         negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
     x = keras.layers.AveragePooling3D(
