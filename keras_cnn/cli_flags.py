@@ -30,8 +30,7 @@ def _once(name: str) -> bool:
 
 
 def _positive(name: str):
-  flags.register_validator(name, lambda v: v is None or v >= 1,
-                           message=f"--{name} must be >= 1")
+  flags.register_validator(name, lambda v: v is None or v >= 1, message=f"--{name} must be >= 1")
 
 
 class _RedshiftParser(flags.ArgumentParser):
@@ -40,8 +39,8 @@ class _RedshiftParser(flags.ArgumentParser):
   def __init__(self, allow_all: bool, as_list: bool):
     self.allow_all = allow_all
     self.as_list = as_list
-    self.syntactic_help = ("a redshift, a comma list of redshifts, or all" if allow_all
-                           else "a comma list of redshifts")
+    self.syntactic_help = ("a redshift, a comma list of redshifts, or all"
+                           if allow_all else "a comma list of redshifts")
 
   def parse(self, argument):
     from keras_cnn.data import snapshot as snapshot_lib
@@ -72,43 +71,47 @@ def define_model_flags() -> None:
   """Network sizes (`keras_cnn.model.ModelConfig`)."""
   if not _once("radius"):
     return
-  flags.DEFINE_integer("radius", _MODEL.radius, "Crop radius r in cells; crops are (2r+1)^3 "
-                       "(0: the centre voxel only, with --kernel_pooling=1).")
+  flags.DEFINE_integer(
+      "radius", _MODEL.radius, "Crop radius r in cells; crops are (2r+1)^3 "
+      "(0: the centre voxel only, with --kernel_pooling=1).")
   flags.DEFINE_integer("kernel_size", _MODEL.kernel_size, "Conv3D kernel side (odd).")
   flags.DEFINE_integer("filters", _MODEL.filters, "Conv3D filters in every block of both branches.")
-  flags.DEFINE_integer("stride_conv", _MODEL.stride_conv, "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
+  flags.DEFINE_integer("stride_conv", _MODEL.stride_conv,
+                       "Conv3D stride ('same' padding: side -> ceil(side/stride)).")
   flags.DEFINE_integer("kernel_pooling", _MODEL.kernel_pooling,
                        "AveragePooling3D size and stride (1 disables pooling).")
-  flags.DEFINE_float("dropout_input", _MODEL.dropout_input, "Dropout rate of `dropout` after `flatten`.")
-  flags.DEFINE_float("dropout_hidden", _MODEL.dropout_hidden, "Dropout rate of `dropout_1` .. `dropout_5`.")
+  flags.DEFINE_float("dropout_input", _MODEL.dropout_input,
+                     "Dropout rate of `dropout` after `flatten`.")
+  flags.DEFINE_float("dropout_hidden", _MODEL.dropout_hidden,
+                     "Dropout rate of `dropout_1` .. `dropout_5`.")
   flags.DEFINE_list("dense_units", [str(u) for u in _MODEL.dense_units],
                     "Widths of dense .. dense_4.")
-  flags.DEFINE_list("tail_units", [str(u) for u in _MODEL.tail_units], "Widths of dense_5, dense_6.")
+  flags.DEFINE_list("tail_units", [str(u) for u in _MODEL.tail_units],
+                    "Widths of dense_5, dense_6.")
   flags.DEFINE_float("leaky_relu_slope", _MODEL.leaky_relu_slope,
                      "LeakyReLU negative slope (torch default).")
-  flags.DEFINE_float("batch_norm_momentum", _MODEL.batch_norm_momentum,
-                     "Weight of the old value in BatchNormalization's moving mean and "
-                     "variance (torch's momentum=0.1 is 0.9 here).")
+  flags.DEFINE_float(
+      "batch_norm_momentum", _MODEL.batch_norm_momentum,
+      "Weight of the old value in BatchNormalization's moving mean and "
+      "variance (torch's momentum=0.1 is 0.9 here).")
   flags.register_validator("batch_norm_momentum", lambda v: 0.0 <= v < 1.0,
                            message="--batch_norm_momentum must be in [0, 1)")
   flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
-  flags.DEFINE_enum("padding", _MODEL.padding, list(model_lib.PADDINGS),
-                    "Conv3D padding. 'valid' makes the network translation-equivariant: "
-                    "predict/evaluate then paint whole tiles per pass (the dense engine) "
-                    "and training can use patches (--train_unit=patch).")
+  flags.DEFINE_enum(
+      "padding", _MODEL.padding, list(model_lib.PADDINGS),
+      "Conv3D padding. 'valid' makes the network translation-equivariant: "
+      "predict/evaluate then paint whole tiles per pass (the dense engine) "
+      "and training can use patches (--train_unit=patch).")
   flags.register_validator("radius", lambda v: v >= 0, message="--radius must be >= 0")
   for name in ("kernel_size", "filters", "stride_conv", "kernel_pooling"):
     _positive(name)
-  flags.register_validator("kernel_size", lambda v: v % 2 == 1,
-                           message="--kernel_size must be odd")
+  flags.register_validator("kernel_size", lambda v: v % 2 == 1, message="--kernel_size must be odd")
   for name in ("dropout_input", "dropout_hidden"):
-    flags.register_validator(name, lambda v: 0.0 <= v < 1.0,
-                             message=f"--{name} must be in [0, 1)")
+    flags.register_validator(name, lambda v: 0.0 <= v < 1.0, message=f"--{name} must be in [0, 1)")
   for name, count in (("dense_units", 5), ("tail_units", 2)):
     flags.register_validator(
-        name,
-        lambda v, count=count: len(v) == count and all(s.isdigit() and int(s) > 0 for s in v),
+        name, lambda v, count=count: len(v) == count and all(s.isdigit() and int(s) > 0 for s in v),
         message=f"--{name} needs {count} positive integers, comma separated")
 
 
@@ -122,21 +125,21 @@ def define_data_flags() -> None:
   data = training.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
-  flags.DEFINE(_RedshiftParser(allow_all=True, as_list=False), "redshift", data.redshift,
-               "Snapshots of --data_dir: a redshift (needed if it holds several), a comma "
-               "list, or all (matched by value). evaluate scores each; predict paints "
-               "--box_index; train: see --test_redshifts.",
-               serializer=_RedshiftSerializer())
-  flags.DEFINE_string("dataset", data.dataset,
-                      "'synthetic' (the built-in simulator; independent realizations per "
-                      "split) or a TFDS name such as reionization_boxes/synthetic_64.")
+  flags.DEFINE(
+      _RedshiftParser(allow_all=True, as_list=False), "redshift", data.redshift,
+      "Snapshots of --data_dir: a redshift (needed if it holds several), a comma "
+      "list, or all (matched by value). evaluate scores each; predict paints "
+      "--box_index; train: see --test_redshifts.", serializer=_RedshiftSerializer())
+  flags.DEFINE_string(
+      "dataset", data.dataset, "'synthetic' (the built-in simulator; independent realizations per "
+      "split) or a TFDS name such as reionization_boxes/synthetic_64.")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: TFDS's own).")
   flags.DEFINE_integer("n_cells", data.n_cells, "Synthetic box side in cells.")
   flags.DEFINE_float("mean_xhii", data.mean_xhii, "Synthetic boxes' mean ionized fraction.")
   flags.DEFINE_integer("data_seed", data.data_seed, "Seed of the synthetic realizations.")
-  flags.DEFINE_integer("batch_size", None,
-                       "Examples per batch (default: train 4 patches or 64 crops, evaluate "
-                       "and predict 256 crops on the per-voxel engine).")
+  flags.DEFINE_integer(
+      "batch_size", None, "Examples per batch (default: train 4 patches or 64 crops, evaluate "
+      "and predict 256 crops on the per-voxel engine).")
   _positive("n_cells")
   _positive("batch_size")
   flags.register_validator("mean_xhii", lambda v: 0.0 < v < 1.0,
@@ -151,14 +154,16 @@ def define_format_flags() -> None:
   from keras_cnn.data import formats
 
   data = training.DataConfig()
-  flags.DEFINE_enum("data_format", data.data_format, list(formats.DATA_FORMATS),
-                    "Layout of the --data_dir files: auto detects it field by field; npy "
-                    "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "
-                    "{z}-coarsest_wsubgrid_sources.dat), pyc2ray (xfrac_z{z}.dat), 21cmfast "
-                    "(HDF5 PerturbedField, IonizedBox, HaloBox).")
-  flags.DEFINE_float("box_size_mpc", data.box_size_mpc,
-                     "CubeP3M box side in cMpc/h (a box tools21cm knows, e.g. 244): C2-Ray "
-                     "source masses in solar masses instead of grid units (needs tools21cm).")
+  flags.DEFINE_enum(
+      "data_format", data.data_format, list(formats.DATA_FORMATS),
+      "Layout of the --data_dir files: auto detects it field by field; npy "
+      "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "
+      "{z}-coarsest_wsubgrid_sources.dat), pyc2ray (xfrac_z{z}.dat), 21cmfast "
+      "(HDF5 PerturbedField, IonizedBox, HaloBox).")
+  flags.DEFINE_float(
+      "box_size_mpc", data.box_size_mpc,
+      "CubeP3M box side in cMpc/h (a box tools21cm knows, e.g. 244): C2-Ray "
+      "source masses in solar masses instead of grid units (needs tools21cm).")
   flags.register_validator("box_size_mpc", lambda v: v is None or (math.isfinite(v) and v > 0),
                            message="--box_size_mpc must be a finite number > 0")
 
@@ -168,14 +173,16 @@ def define_split_flags() -> None:
   if not _once("test_redshifts"):
     return
   for split in conventions.SPLITS:
-    flags.DEFINE(_RedshiftParser(allow_all=False, as_list=True), f"{split}_redshifts", None,
-                 f"Comma list of redshifts of --data_dir whose whole snapshots are the "
-                 f"{split} split's own.", serializer=_RedshiftSerializer())
-    flags.DEFINE_list(f"{split}_dirs", None,
-                      f"Comma list of folders (other realizations) whose snapshots, picked "
-                      f"by --redshift, are the {split} split's own. Splits without "
-                      "snapshots of their own share those of --data_dir: as x-slabs with "
-                      "guard bands of --radius cells when several do, whole when one does.")
+    flags.DEFINE(
+        _RedshiftParser(allow_all=False, as_list=True), f"{split}_redshifts", None,
+        f"Comma list of redshifts of --data_dir whose whole snapshots are the "
+        f"{split} split's own.", serializer=_RedshiftSerializer())
+    flags.DEFINE_list(
+        f"{split}_dirs", None,
+        f"Comma list of folders (other realizations) whose snapshots, picked "
+        f"by --redshift, are the {split} split's own. Splits without "
+        "snapshots of their own share those of --data_dir: as x-slabs with "
+        "guard bands of --radius cells when several do, whole when one does.")
 
 
 def split_flags_from(flag_values=FLAGS) -> dict:
@@ -207,45 +214,52 @@ def define_train_flags() -> None:
   flags.DEFINE_boolean("augment", train.augment, "Random cube symmetry (48) per training example.")
   flags.DEFINE_integer("stratify_bins", train.stratify_bins,
                        "If > 0, draw training centres uniformly over this many x_HII bins.")
-  flags.DEFINE_integer("validation_examples", train.validation_examples, "Fixed validation crops per epoch.")
+  flags.DEFINE_integer("validation_examples", train.validation_examples,
+                       "Fixed validation crops per epoch.")
   flags.DEFINE_integer("test_examples", train.test_examples, "Fixed test crops for metrics.json.")
   flags.DEFINE_integer("patience", train.patience, "EarlyStopping patience in epochs (0: off).")
   flags.DEFINE_float("time_budget_minutes", train.time_budget_minutes,
                      "Stop training after this wall-clock time in minutes (0: no limit).")
-  flags.DEFINE_enum("train_unit", train.train_unit, ["voxel", "patch"],
-                    "voxel: one target voxel per (2r+1)^3 crop. patch: a --patch_size^3 block "
-                    "of targets per example with its periodic context, trained through the "
-                    "dense twin (needs --padding=valid); the saved model is the same "
-                    "per-voxel network.")
-  flags.DEFINE_integer("patch_size", train.patch_size, "Target voxels per patch side (--train_unit=patch).")
+  flags.DEFINE_enum(
+      "train_unit", train.train_unit, ["voxel", "patch"],
+      "voxel: one target voxel per (2r+1)^3 crop. patch: a --patch_size^3 block "
+      "of targets per example with its periodic context, trained through the "
+      "dense twin (needs --padding=valid); the saved model is the same "
+      "per-voxel network.")
+  flags.DEFINE_integer("patch_size", train.patch_size,
+                       "Target voxels per patch side (--train_unit=patch).")
   flags.DEFINE_integer("validation_patches", train.validation_patches,
                        "Fixed validation patches per epoch (--train_unit=patch).")
   flags.DEFINE_enum("loss", train.loss, sorted(training.LOSSES),
                     "mse, or bce: binary cross-entropy on x_HII in [0, 1].")
-  flags.DEFINE_enum("lr_schedule", train.lr_schedule, list(training.LR_SCHEDULES),
-                    "plateau: halve the learning rate when val_loss stalls. cosine: decay "
-                    "it to 0 over --time_budget_minutes (or over all epochs if no budget).")
+  flags.DEFINE_enum(
+      "lr_schedule", train.lr_schedule, list(training.LR_SCHEDULES),
+      "plateau: halve the learning rate when val_loss stalls. cosine: decay "
+      "it to 0 over --time_budget_minutes (or over all epochs if no budget).")
   flags.DEFINE_enum("distribution", train.distribution, ["none", "data_parallel"],
                     "Train on every local device (see keras_cnn.distribute).")
   flags.DEFINE_enum("jit_compile", train.jit_compile, list(BACKEND_SETTINGS),
                     "XLA compilation of the train step; auto picks the fastest per backend.")
-  flags.DEFINE_string("source_units", train.source_units,
-                      "Units of the source field, free text (e.g. 'Msun per cell'), recorded "
-                      "in the saved model with statistics of the training inputs; evaluate "
-                      "and predict warn when a box's inputs lie far from them.")
-  flags.DEFINE_enum("precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
-                    "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
-                    "AVX512-BF16/AMX (faster: README), else float32.")
-  for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples",
-               "patch_size", "validation_patches"):
+  flags.DEFINE_string(
+      "source_units", train.source_units,
+      "Units of the source field, free text (e.g. 'Msun per cell'), recorded "
+      "in the saved model with statistics of the training inputs; evaluate "
+      "and predict warn when a box's inputs lie far from them.")
+  flags.DEFINE_enum(
+      "precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
+      "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
+      "AVX512-BF16/AMX (faster: README), else float32.")
+  for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples", "patch_size",
+               "validation_patches"):
     _positive(name)
   flags.register_validator("learning_rate", lambda v: math.isfinite(v) and v > 0,
                            message="--learning_rate must be a finite number > 0")
   for name in ("seed", "stratify_bins", "patience"):
     flags.register_validator(name, lambda v: v >= 0, message=f"--{name} must be >= 0")
-  flags.register_validator("time_budget_minutes", lambda v: math.isfinite(v) and v >= 0,
-                           message="--time_budget_minutes must be a finite number >= 0 "
-                           "(0: no limit)")
+  flags.register_validator(
+      "time_budget_minutes", lambda v: math.isfinite(v) and v >= 0,
+      message="--time_budget_minutes must be a finite number >= 0 "
+      "(0: no limit)")
   flags.register_multi_flags_validator(
       ["train_unit", "padding"], lambda v: v["train_unit"] != "patch" or v["padding"] == "valid",
       message="--train_unit=patch trains the dense twin, which needs --padding=valid")
@@ -286,22 +300,23 @@ def _define_apply_flags() -> None:
     return
   # Required, but checked in main (`require_flags`) rather than marked: a required
   # mark travels with the flag into every FlagValues that tests build from FLAGS.
-  flags.DEFINE_string("out", None,
-                      "Required. evaluate: output folder (metrics.json, PNGs); "
-                      "predict: the .npy file of the x_HII map.")
+  flags.DEFINE_string(
+      "out", None, "Required. evaluate: output folder (metrics.json, PNGs); "
+      "predict: the .npy file of the x_HII map.")
   flags.DEFINE_enum("split", "test", list(conventions.SPLITS),
                     "Split of --dataset to use (ignored with --data_dir).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr.")
-  flags.DEFINE_enum("engine", "auto", ["auto", "dense", "per_voxel"],
-                    "auto: the dense engine (a tile per pass) for models trained with "
-                    "--padding=valid, else one crop per voxel.")
+  flags.DEFINE_enum(
+      "engine", "auto", ["auto", "dense", "per_voxel"],
+      "auto: the dense engine (a tile per pass) for models trained with "
+      "--padding=valid, else one crop per voxel.")
   flags.DEFINE_float("memory_budget_gb", 1.5,
                      "Dense engine: memory bound of one tile's pass; sets the tile size.")
   flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.")
-  flags.DEFINE_boolean("strict_domain", False,
-                       "Stop with an error, rather than warn, when a box's source mean or "
-                       "fraction of non-zero source cells is more than 10x, or its "
-                       "overdensity variance more than 3x, off the model's training inputs.")
+  flags.DEFINE_boolean(
+      "strict_domain", False, "Stop with an error, rather than warn, when a box's source mean or "
+      "fraction of non-zero source cells is more than 10x, or its "
+      "overdensity variance more than 3x, off the model's training inputs.")
   flags.register_validator("memory_budget_gb", lambda v: math.isfinite(v) and v > 0,
                            message="--memory_budget_gb must be a finite number > 0")
 
@@ -313,10 +328,8 @@ def define_predict_flags() -> None:
     return
   flags.DEFINE_integer("num_shards", 1,
                        "Split the box into this many x-slabs (one process per slab).")
-  flags.DEFINE_integer("shard_index", 0,
-                       "Which x-slab to predict, in [0, --num_shards).")
-  flags.DEFINE_integer("box_index", 0,
-                       "Which box of the split to paint when it holds several.")
+  flags.DEFINE_integer("shard_index", 0, "Which x-slab to predict, in [0, --num_shards).")
+  flags.DEFINE_integer("box_index", 0, "Which box of the split to paint when it holds several.")
   _positive("num_shards")
   flags.register_validator("box_index", lambda v: v >= 0, message="--box_index must be >= 0")
   flags.register_multi_flags_validator(
@@ -330,25 +343,25 @@ def define_evaluate_flags() -> None:
   _define_apply_flags()
   if not _once("history"):
     return
-  flags.DEFINE_string("history", None,
-                      "history.csv of the training run to plot (default: the one beside "
-                      "--model, if any).")
-  flags.DEFINE_integer("max_full_voxels", 128 ** 3,
-                       "Boxes with at most this many voxels are predicted whole (maps, "
-                       "slices, power spectra); larger ones are scored on --num_examples "
-                       "random voxels.")
+  flags.DEFINE_string(
+      "history", None, "history.csv of the training run to plot (default: the one beside "
+      "--model, if any).")
+  flags.DEFINE_integer(
+      "max_full_voxels", 128 ** 3, "Boxes with at most this many voxels are predicted whole (maps, "
+      "slices, power spectra); larger ones are scored on --num_examples "
+      "random voxels.")
   flags.DEFINE_integer("num_examples", 16384,
                        "Random voxels scored per box larger than --max_full_voxels.")
   flags.DEFINE_integer("sample_seed", 0, "Seed of the random voxels of large boxes.")
   flags.DEFINE_float("cell_size_mpc", conventions.CELL_SIZE_MPC,
                      "Comoving cell side in cMpc (plot axes, power-spectrum k).")
-  flags.DEFINE_enum("power_spectrum", "auto", ["auto", "tools21cm", "numpy", "off"],
-                    "Power-spectrum implementation: auto uses tools21cm (extra 'astro') "
-                    "when installed, else the NumPy twin in keras_cnn.metrics.")
+  flags.DEFINE_enum(
+      "power_spectrum", "auto", ["auto", "tools21cm", "numpy", "off"],
+      "Power-spectrum implementation: auto uses tools21cm (extra 'astro') "
+      "when installed, else the NumPy twin in keras_cnn.metrics.")
   _positive("max_full_voxels")
   _positive("num_examples")
-  flags.register_validator("cell_size_mpc", lambda v: v > 0,
-                           message="--cell_size_mpc must be > 0")
+  flags.register_validator("cell_size_mpc", lambda v: v > 0, message="--cell_size_mpc must be > 0")
 
 
 def require_flags(*names: str, flag_values=FLAGS) -> None:
@@ -409,10 +422,10 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
   from keras_cnn.data import splits as splits_lib
 
   return splits_lib.load_box(
-      flag_values.data_dir, flag_values.redshift, flag_values.dataset,
-      split=flag_values.split, tfds_data_dir=flag_values.tfds_data_dir,
-      n_cells=flag_values.n_cells, mean_xhii=flag_values.mean_xhii,
-      data_seed=flag_values.data_seed, radius=radius, require_target=require_target,
+      flag_values.data_dir, flag_values.redshift, flag_values.dataset, split=flag_values.split,
+      tfds_data_dir=flag_values.tfds_data_dir, n_cells=flag_values.n_cells,
+      mean_xhii=flag_values.mean_xhii, data_seed=flag_values.data_seed, radius=radius,
+      require_target=require_target,
       data_format=flag_values.data_format if "data_format" in flag_values else "auto",
       box_size_mpc=flag_values.box_size_mpc if "box_size_mpc" in flag_values else None)
 

@@ -199,8 +199,10 @@ class DenseTwin(keras.Model):
         None if n is None else n - 2 * self.radius for n in shape[1:4]) + (1,)
 
   def get_config(self):
-    return {**super().get_config(), "flat_output": self.flat_output,
-            "per_voxel": keras.saving.serialize_keras_object(self.per_voxel)}
+    return {
+        **super().get_config(), "flat_output": self.flat_output,
+        "per_voxel": keras.saving.serialize_keras_object(self.per_voxel)
+    }
 
   @classmethod
   def from_config(cls, config):

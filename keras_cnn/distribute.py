@@ -158,8 +158,8 @@ def _jax_info(kind: str, devices: Optional[Sequence] = None) -> DistributionInfo
   devices = list(devices) if devices is not None else keras.distribution.list_devices()
   keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
   return DistributionInfo(kind=kind, backend="jax", num_replicas=len(devices),
-                          num_processes=jax.process_count(),
-                          process_index=jax.process_index(), devices=tuple(map(str, devices)))
+                          num_processes=jax.process_count(), process_index=jax.process_index(),
+                          devices=tuple(map(str, devices)))
 
 
 def _tf_info(kind: str, strategy) -> DistributionInfo:
@@ -170,10 +170,9 @@ def _tf_info(kind: str, strategy) -> DistributionInfo:
     num_processes = sum(len(tasks) for tasks in cluster.values())
     process_index = int(resolver.task_id or 0)
   return DistributionInfo(kind=kind, backend="tensorflow",
-                          num_replicas=strategy.num_replicas_in_sync,
-                          num_processes=num_processes, process_index=process_index,
-                          devices=tuple(strategy.extended.worker_devices),
-                          strategy=strategy)
+                          num_replicas=strategy.num_replicas_in_sync, num_processes=num_processes,
+                          process_index=process_index,
+                          devices=tuple(strategy.extended.worker_devices), strategy=strategy)
 
 
 @contextlib.contextmanager
@@ -219,8 +218,8 @@ def distribution_scope(kind: str = "none",
       initialize(kind)
       strategy = _STATE["tf_strategy"]
     info = _tf_info(kind, strategy)
-    logging.info("data_parallel (%s): %d replicas on %s", type(strategy).__name__,
-                 info.num_replicas, ", ".join(info.devices))
+    logging.info("data_parallel (%s): %d replicas on %s",
+                 type(strategy).__name__, info.num_replicas, ", ".join(info.devices))
     with strategy.scope():
       yield info
     return
@@ -230,9 +229,8 @@ def distribution_scope(kind: str = "none",
 def check_global_batch(batch_size: int, info: DistributionInfo) -> None:
   """Raises ValueError naming --batch_size unless it splits evenly over the replicas."""
   if batch_size < info.num_replicas or batch_size % info.num_replicas:
-    raise ValueError(
-        f"--batch_size={batch_size} is the global batch and must be a multiple of the "
-        f"{info.num_replicas} replicas of --distribution={info.kind} ({info.backend})")
+    raise ValueError(f"--batch_size={batch_size} is the global batch and must be a multiple of the "
+                     f"{info.num_replicas} replicas of --distribution={info.kind} ({info.backend})")
 
 
 @contextlib.contextmanager
@@ -255,8 +253,10 @@ def synchronized_batch_norm(model, info: Optional[DistributionInfo] = None):
   layers = []
   if active:
     import keras
-    layers = [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
-              if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
+    layers = [
+        layer for layer in model._flatten_layers()  # pylint: disable=protected-access
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+    ]
   for layer in layers:
     layer.synchronized = True
   try:

@@ -87,22 +87,31 @@ def input_statistics(fields: Sequence[Tuple[np.ndarray, np.ndarray]],
   igm_mean, igm_var, _, count = _moments(igm)
   src_mean, src_var, src_nonzero, _ = _moments(src)
   return {
-      "overdensity": {"mean": igm_mean, "variance": igm_var,
-                      "quantiles": _quantiles(igm, OVERDENSITY_QUANTILES)},
-      "sources": {"mean": src_mean, "variance": src_var, "nonzero_fraction": src_nonzero,
-                  "quantiles": _quantiles(src, SOURCE_QUANTILES)},
+      "overdensity": {
+          "mean": igm_mean,
+          "variance": igm_var,
+          "quantiles": _quantiles(igm, OVERDENSITY_QUANTILES)
+      },
+      "sources": {
+          "mean": src_mean,
+          "variance": src_var,
+          "nonzero_fraction": src_nonzero,
+          "quantiles": _quantiles(src, SOURCE_QUANTILES)
+      },
       "voxels": count,
   }
 
 
-def make_record(fields: Sequence[Tuple[np.ndarray, np.ndarray]],
-                region: Optional[Tuple[int, int]] = None,
-                source_units: str = DEFAULT_SOURCE_UNITS,
-                redshifts: Sequence[float] = ()) -> dict:
+def make_record(fields: Sequence[Tuple[np.ndarray,
+                                       np.ndarray]], region: Optional[Tuple[int, int]] = None,
+                source_units: str = DEFAULT_SOURCE_UNITS, redshifts: Sequence[float] = ()) -> dict:
   """The record a trained model carries: units, training-input statistics, redshifts."""
-  return {"version": RECORD_VERSION, "source_units": str(source_units),
-          "redshifts": [float(z) for z in redshifts],
-          **input_statistics(fields, region)}
+  return {
+      "version": RECORD_VERSION,
+      "source_units": str(source_units),
+      "redshifts": [float(z) for z in redshifts],
+      **input_statistics(fields, region)
+  }
 
 
 def read_record(model) -> Optional[dict]:
@@ -127,8 +136,7 @@ def _ratio(new: float, trained: float) -> float:
 def compare(record: dict, stats: dict) -> List[str]:
   """The ways `stats` (of `input_statistics`) lie far from the training record."""
   problems = []
-  checks = (("source mean", stats["sources"]["mean"], record["sources"]["mean"],
-             SOURCE_RATIO),
+  checks = (("source mean", stats["sources"]["mean"], record["sources"]["mean"], SOURCE_RATIO),
             ("fraction of non-zero source cells", stats["sources"]["nonzero_fraction"],
              record["sources"]["nonzero_fraction"], SOURCE_RATIO),
             ("overdensity variance", stats["overdensity"]["variance"],
@@ -163,9 +171,9 @@ def check_inputs(model, snapshots: Sequence, strict: bool = False,
   record = read_record(model)
   if record is None:
     if not _warned_no_record:
-      logging.warning("%s carries no record of its training inputs (saved before keras_cnn "
-                      "recorded them): the inputs' units and statistics are not checked.",
-                      model_name)
+      logging.warning(
+          "%s carries no record of its training inputs (saved before keras_cnn "
+          "recorded them): the inputs' units and statistics are not checked.", model_name)
       _warned_no_record = True
     return []
   messages = []
@@ -178,7 +186,6 @@ def check_inputs(model, snapshots: Sequence, strict: bool = False,
                f"'{record.get('source_units', DEFAULT_SOURCE_UNITS)}'")
     if strict:
       raise DomainError(message + " (refused by --strict_domain)")
-    logging.warning("%s; its x_HII may be wrong (--strict_domain makes this an error).",
-                    message)
+    logging.warning("%s; its x_HII may be wrong (--strict_domain makes this an error).", message)
     messages.append(message)
   return messages

@@ -49,13 +49,11 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   snapshots = cli_flags.load_box_from_flags(radius=inference.model_radius(model),
                                             require_target=True)
-  snapshots = [snapshot_lib.for_model(s, model_lib.source_transform_of(model))
-               for s in snapshots]
+  snapshots = [snapshot_lib.for_model(s, model_lib.source_transform_of(model)) for s in snapshots]
   domain.check_inputs(model, snapshots, strict=FLAGS.strict_domain, model_name=FLAGS.model)
   metrics = inference.evaluate_model(
-      model, snapshots, FLAGS.out, batch_size=batch_size,
-      max_full_voxels=FLAGS.max_full_voxels, num_examples=FLAGS.num_examples,
-      seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,
+      model, snapshots, FLAGS.out, batch_size=batch_size, max_full_voxels=FLAGS.max_full_voxels,
+      num_examples=FLAGS.num_examples, seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,
       history_csv=FLAGS.history or inference.history_beside(FLAGS.model),
       power_spectrum=FLAGS.power_spectrum, progress=FLAGS.progress, engine=FLAGS.engine,
       memory_budget_gb=FLAGS.memory_budget_gb)

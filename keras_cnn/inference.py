@@ -49,9 +49,8 @@ def shard_bounds(nx: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
     raise ValueError(
         f"--num_shards={num_shards} must be in [1, Nx = {nx}] (one x-plane per shard at most)")
   if not 0 <= shard_index < num_shards:
-    raise ValueError(
-        f"--shard_index={shard_index} is out of range for --num_shards={num_shards}: "
-        f"it must be in [0, {num_shards - 1}]")
+    raise ValueError(f"--shard_index={shard_index} is out of range for --num_shards={num_shards}: "
+                     f"it must be in [0, {num_shards - 1}]")
   base, extra = divmod(nx, num_shards)
   start = shard_index * base + min(shard_index, extra)
   return start, start + base + (1 if shard_index < extra else 0)
@@ -68,9 +67,8 @@ def load_model(path: str):
   return keras.saving.load_model(path, safe_mode=True)
 
 
-def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
-                   x_start: int = 0, x_stop: Optional[int] = None,
-                   progress: bool = True) -> np.ndarray:
+def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE, x_start: int = 0,
+                   x_stop: Optional[int] = None, progress: bool = True) -> np.ndarray:
   """x_HII of every voxel of the x-slab [x_start, x_stop), one crop per voxel.
 
   Crops come from `keras_cnn.pipeline.volume_dataset(..., whole_planes=True)` and
@@ -104,8 +102,8 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE,
   dataset = pipeline.volume_dataset(n_igm, n_src, radius, batch_size, x_start, x_stop,
                                     whole_planes=True)
   out = np.empty((x_stop - x_start, plane_size), np.float32)
-  with tqdm(total=out.size, unit="voxel", unit_scale=True, file=sys.stderr,
-            disable=not progress, desc="x_HII", mininterval=1.0) as bar:
+  with tqdm(total=out.size, unit="voxel", unit_scale=True, file=sys.stderr, disable=not progress,
+            desc="x_HII", mininterval=1.0) as bar:
     for (x, lo), (inputs, count) in zip(batches.tolist(), dataset.as_numpy_iterator()):
       values = np.asarray(model.predict_on_batch(inputs), np.float32).reshape(-1)
       out[x - x_start, lo:lo + count] = values[:count]
@@ -121,9 +119,8 @@ def resolve_engine(model, engine: str = "auto") -> str:
   if engine == "auto":
     return "dense" if padding == "valid" else "per_voxel"
   if engine == "dense" and padding != "valid":
-    raise ValueError(
-        f"--engine=dense needs a model trained with --padding=valid; this model uses "
-        f"padding={padding!r}: use --engine=per_voxel (or auto)")
+    raise ValueError(f"--engine=dense needs a model trained with --padding=valid; this model uses "
+                     f"padding={padding!r}: use --engine=per_voxel (or auto)")
   return engine
 
 
@@ -142,8 +139,7 @@ def tile_shape(box_shape: Sequence[int], twin: dense.DenseTwin,
   halo = 2 * twin.radius
   budget = memory_budget_gb * 2 ** 30 / bytes_per_position(twin)
   side = 1
-  while side < max(box_shape) and np.prod(
-      [min(n, side + 1) + halo for n in box_shape]) <= budget:
+  while side < max(box_shape) and np.prod([min(n, side + 1) + halo for n in box_shape]) <= budget:
     side += 1
   shape = []
   for n in box_shape:
@@ -163,10 +159,9 @@ def _tiles(n: int, side: int) -> List[Tuple[int, int, int]]:
   return tiles
 
 
-def predict_volume_dense(model, n_igm, n_src, x_start: int = 0,
-                         x_stop: Optional[int] = None,
-                         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-                         progress: bool = True, twin=None) -> np.ndarray:
+def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional[int] = None,
+                         memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, progress: bool = True,
+                         twin=None) -> np.ndarray:
   """x_HII of the x-slab [x_start, x_stop) of a periodic box through the dense twin.
 
   The box is cut into equal tiles (`tile_shape`, fixed by the whole box so a slab's
@@ -208,11 +203,10 @@ def predict_volume_dense(model, n_igm, n_src, x_start: int = 0,
         for tz, oz0, oz1 in tiles_z:
           iz = np.arange(tz - radius, tz + tile[2] + radius) % shape[2]
           index = np.ix_(ix, iy, iz)
-          inputs = {"n_igm": n_igm[index][None, ..., None],
-                    "n_src": n_src[index][None, ..., None]}
+          inputs = {"n_igm": n_igm[index][None, ..., None], "n_src": n_src[index][None, ..., None]}
           values = np.asarray(twin.predict_on_batch(inputs), np.float32)[0, ..., 0]
-          out[lo - x_start:hi - x_start, oy0:oy1, oz0:oz1] = values[
-              lo - tx:hi - tx, oy0 - ty:oy1 - ty, oz0 - tz:oz1 - tz]
+          out[lo - x_start:hi - x_start, oy0:oy1,
+              oz0:oz1] = values[lo - tx:hi - tx, oy0 - ty:oy1 - ty, oz0 - tz:oz1 - tz]
           bar.update(1)
   return out
 
@@ -241,8 +235,8 @@ def predict_map(model, n_igm, n_src, engine: str = "auto", x_start: int = 0,
   if chosen == "dense":
     return predict_volume_dense(model, n_igm, n_src, x_start=x_start, x_stop=x_stop,
                                 memory_budget_gb=memory_budget_gb, progress=progress)
-  return predict_volume(model, n_igm, n_src, batch_size=batch_size, x_start=x_start,
-                        x_stop=x_stop, progress=progress)
+  return predict_volume(model, n_igm, n_src, batch_size=batch_size, x_start=x_start, x_stop=x_stop,
+                        progress=progress)
 
 
 def save_array(array: np.ndarray, path: str) -> str:
@@ -266,13 +260,11 @@ def _sampled_predictions(model, snapshot, radius: int, batch_size: int, num_exam
 
   from keras_cnn import pipeline
 
-  dataset = pipeline.make_dataset([(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)],
-                                  radius, batch_size, training=False, seed=seed,
-                                  num_examples=num_examples)
+  dataset = pipeline.make_dataset([(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)], radius,
+                                  batch_size, training=False, seed=seed, num_examples=num_examples)
   y_true, y_pred = [], []
-  with tqdm(total=min(num_examples, int(np.prod(snapshot.shape))), unit="voxel",
-            unit_scale=True, file=sys.stderr, disable=not progress, desc="x_HII",
-            mininterval=1.0) as bar:
+  with tqdm(total=min(num_examples, int(np.prod(snapshot.shape))), unit="voxel", unit_scale=True,
+            file=sys.stderr, disable=not progress, desc="x_HII", mininterval=1.0) as bar:
     for inputs, targets in dataset.as_numpy_iterator():
       y_true.append(np.asarray(targets, np.float32).ravel())
       y_pred.append(np.asarray(model.predict_on_batch(inputs), np.float32).ravel())
@@ -284,17 +276,16 @@ def _write_power_spectra(path: str, spectra: Sequence[Dict[str, object]]) -> Non
   columns = ("k", "pk_true", "pk_pred", "pk_cross", "r_k", "n_modes")
   stream = io.StringIO()
   writer = csv.writer(stream, lineterminator="\n")
-  writer.writerow(["box", "k_per_cmpc", "pk_true_cmpc3", "pk_pred_cmpc3", "pk_cross_cmpc3",
-                   "r_k", "n_modes"])
+  writer.writerow(
+      ["box", "k_per_cmpc", "pk_true_cmpc3", "pk_pred_cmpc3", "pk_cross_cmpc3", "r_k", "n_modes"])
   for box, spectrum in enumerate(spectra):
     for row in zip(*(np.asarray(spectrum[c], np.float64) for c in columns)):
       writer.writerow([box] + [f"{v:.6g}" for v in row])
   io_utils.write_text(path, stream.getvalue())
 
 
-def evaluate_model(model, snapshots: Sequence, out_dir: str,
-                   batch_size: int = 256, max_full_voxels: int = 128 ** 3,
-                   num_examples: int = 16384, seed: int = 0,
+def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 256,
+                   max_full_voxels: int = 128 ** 3, num_examples: int = 16384, seed: int = 0,
                    cell_size_mpc: float = conventions.CELL_SIZE_MPC,
                    history_csv: Optional[str] = None, power_spectrum: str = "auto",
                    progress: bool = True, engine: str = "auto",
@@ -350,8 +341,8 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     if not whole(snapshot):
       logging.info("%s: %d voxels > %d, scoring %d random voxels.", snapshot.name, size,
                    max_full_voxels, num_examples)
-      true_i, pred_i = _sampled_predictions(model, snapshot, radius, batch_size,
-                                            num_examples, seed + i, progress)
+      true_i, pred_i = _sampled_predictions(model, snapshot, radius, batch_size, num_examples,
+                                            seed + i, progress)
       y_true.append(true_i)
       y_pred.append(pred_i)
       continue
@@ -365,17 +356,16 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str,
     plots.plot_slices(true_map, pred_map, os.path.join(out_dir, f"slices{suffix(i)}.png"),
                       cell_size_mpc=cell_size_mpc)
     if power_spectrum != "off":
-      comparison = metrics_lib.compare_maps(true_map, pred_map, snapshot.n_igm,
-                                            snapshot.redshift, cell_size_mpc,
-                                            method=power_spectrum, seed=seed + i)
+      comparison = metrics_lib.compare_maps(true_map, pred_map, snapshot.n_igm, snapshot.redshift,
+                                            cell_size_mpc, method=power_spectrum, seed=seed + i)
       spectra.append(comparison.xhii_spectrum)
       box_scores.append(comparison.scores)
       plots.plot_power_spectra(comparison.xhii_spectrum,
                                os.path.join(out_dir, f"power_spectra{suffix(i)}.png"),
                                title=snapshot.name)
       plots.plot_summary(true_map, pred_map, comparison,
-                         os.path.join(out_dir, f"summary{suffix(i)}.png"),
-                         cell_size_mpc, title=f"{snapshot.name}, z = {snapshot.redshift:.3f}")
+                         os.path.join(out_dir, f"summary{suffix(i)}.png"), cell_size_mpc,
+                         title=f"{snapshot.name}, z = {snapshot.redshift:.3f}")
 
   y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
   result = metrics_lib.regression_metrics(y_true_all, y_pred_all)
@@ -406,5 +396,3 @@ def history_beside(model_path: str) -> Optional[str]:
   """The history.csv in the model's folder (a train workdir), if there is one."""
   path = os.path.join(os.path.dirname(os.path.abspath(model_path)), conventions.HISTORY_FILE)
   return path if os.path.isfile(path) else None
-
-

@@ -128,12 +128,11 @@ def _tools21cm_spectra(fields, dims: np.ndarray, edges: np.ndarray):
   with contextlib.redirect_stdout(sys.stderr):
     p11, _, n_modes = t2c.power_spectrum_1d(fields[0], kbins=edges, box_dims=box,
                                             return_n_modes=True, fill_empty_bins=False)
-    p22 = t2c.power_spectrum_1d(fields[1], kbins=edges, box_dims=box,
-                                fill_empty_bins=False)[0]
+    p22 = t2c.power_spectrum_1d(fields[1], kbins=edges, box_dims=box, fill_empty_bins=False)[0]
     p12 = t2c.cross_power_spectrum_1d(fields[0], fields[1], kbins=edges, box_dims=box,
                                       fill_empty_bins=False)[0]
-  return (np.asarray(p11, np.float64), np.asarray(p22, np.float64),
-          np.asarray(p12, np.float64), np.asarray(n_modes, np.float64))
+  return (np.asarray(p11, np.float64), np.asarray(p22, np.float64), np.asarray(p12, np.float64),
+          np.asarray(n_modes, np.float64))
 
 
 def tools21cm_available() -> bool:
@@ -144,8 +143,7 @@ def tools21cm_available() -> bool:
   return True
 
 
-def power_spectrum_comparison(true_map, pred_map,
-                              box_size_mpc: Union[float, Sequence[float]],
+def power_spectrum_comparison(true_map, pred_map, box_size_mpc: Union[float, Sequence[float]],
                               kbins: int = DEFAULT_KBINS,
                               method: str = "auto") -> Dict[str, object]:
   """Spherically averaged power spectra of the true and predicted x_HII maps.
@@ -229,8 +227,7 @@ def _finite_or_none(value) -> Optional[float]:
   return value if math.isfinite(value) else None
 
 
-def ionized_map_scores(y_true, y_pred,
-                       threshold: float = IONIZED_THRESHOLD) -> Dict[str, float]:
+def ionized_map_scores(y_true, y_pred, threshold: float = IONIZED_THRESHOLD) -> Dict[str, float]:
   """Agreement of the ionized (x_HII > threshold) and neutral voxels of two maps.
 
   Args:
@@ -256,8 +253,7 @@ def ionized_map_scores(y_true, y_pred,
   }
 
 
-def bsd_bin_edges(shape: Sequence[int], cell_size_mpc: float,
-                  bins: int = DEFAULT_BSD_BINS,
+def bsd_bin_edges(shape: Sequence[int], cell_size_mpc: float, bins: int = DEFAULT_BSD_BINS,
                   max_length_mpc: Optional[float] = None) -> np.ndarray:
   """Log-spaced ray-length bin edges (cMpc) from half a cell (the shortest ray from a cell
   centre) to the longest ray followed."""
@@ -271,8 +267,8 @@ def bsd_bin_edges(shape: Sequence[int], cell_size_mpc: float,
   return np.geomspace(low, max_length_mpc, int(bins) + 1)
 
 
-def ray_lengths(ionized, cell_size_mpc: float, num_rays: int = DEFAULT_NUM_RAYS,
-                seed: int = 0, max_length_mpc: Optional[float] = None) -> np.ndarray:
+def ray_lengths(ionized, cell_size_mpc: float, num_rays: int = DEFAULT_NUM_RAYS, seed: int = 0,
+                max_length_mpc: Optional[float] = None) -> np.ndarray:
   """Mean-free-path rays of the ionized regions of a periodic box, in NumPy.
 
   Each ray starts at the centre of a uniformly chosen ionized cell (as in tools21cm),
@@ -330,13 +326,13 @@ def ray_lengths(ionized, cell_size_mpc: float, num_rays: int = DEFAULT_NUM_RAYS,
     ended = within & neutral
     lengths[active[ended]] = t_cross[ended]
     keep = within & ~neutral
-    active, cells, t_next, step, t_delta = (
-        active[keep], cells[keep], t_next[keep], step[keep], t_delta[keep])
+    active, cells, t_next, step, t_delta = (active[keep], cells[keep], t_next[keep], step[keep],
+                                            t_delta[keep])
   return lengths * cell_size_mpc
 
 
-def _tools21cm_bin_fractions(x_hii: np.ndarray, cell_size_mpc: float, num_rays: int,
-                             seed: int, threshold: float, edges: np.ndarray) -> np.ndarray:
+def _tools21cm_bin_fractions(x_hii: np.ndarray, cell_size_mpc: float, num_rays: int, seed: int,
+                             threshold: float, edges: np.ndarray) -> np.ndarray:
   """Fraction of the rays of tools21cm's `mfp` ending in each bin of `edges` (cMpc)."""
   import tools21cm as t2c  # optional extra "astro"
 
@@ -357,14 +353,15 @@ def _tools21cm_bin_fractions(x_hii: np.ndarray, cell_size_mpc: float, num_rays: 
   keep = steps > 0
   steps, fraction = steps[keep], r_dp_dr[keep] / steps[keep]
   bounds = edges / cell_size_mpc
-  overlap = np.clip(np.minimum(steps[:, None] + 1.0, bounds[None, 1:])
-                    - np.maximum(steps[:, None], bounds[None, :-1]), 0.0, None)
+  overlap = np.clip(
+      np.minimum(steps[:, None] + 1.0, bounds[None, 1:]) -
+      np.maximum(steps[:, None], bounds[None, :-1]), 0.0, None)
   return fraction @ overlap
 
 
 def bubble_size_distribution(x_hii, cell_size_mpc: float, num_rays: int = DEFAULT_NUM_RAYS,
-                             bins: int = DEFAULT_BSD_BINS, seed: int = 0,
-                             method: str = "auto", max_length_mpc: Optional[float] = None,
+                             bins: int = DEFAULT_BSD_BINS, seed: int = 0, method: str = "auto",
+                             max_length_mpc: Optional[float] = None,
                              threshold: float = IONIZED_THRESHOLD) -> Dict[str, object]:
   """Size distribution of the ionized regions by the mean-free-path (MFP) method.
 
@@ -411,8 +408,7 @@ def bubble_size_distribution(x_hii, cell_size_mpc: float, num_rays: int = DEFAUL
       lengths = ray_lengths(ionized, cell_size_mpc, num_rays, seed, edges[-1])
       probability = np.histogram(lengths[np.isfinite(lengths)], bins=edges)[0] / lengths.size
     else:
-      probability = _tools21cm_bin_fractions(x_hii, cell_size_mpc, num_rays, seed,
-                                             threshold, edges)
+      probability = _tools21cm_bin_fractions(x_hii, cell_size_mpc, num_rays, seed, threshold, edges)
     truncated = max(0.0, 1.0 - float(probability.sum()))
   return {
       "r": np.sqrt(edges[:-1] * edges[1:]),
@@ -446,8 +442,8 @@ def bsd_distance(bsd_true: Dict[str, object], bsd_pred: Dict[str, object]) -> Op
   """Kolmogorov-Smirnov distance of two distributions on the same bins: the largest gap
   between their cumulative ray fractions (rays truncated at the longest length count as
   longer than every bin); None when either map has no ionized cell."""
-  if not (np.isfinite(bsd_true["truncated_fraction"])
-          and np.isfinite(bsd_pred["truncated_fraction"])):
+  if not (np.isfinite(bsd_true["truncated_fraction"]) and
+          np.isfinite(bsd_pred["truncated_fraction"])):
     return None
   if not np.array_equal(bsd_true["edges"], bsd_pred["edges"]):
     raise ValueError("the two distributions have different bins")
@@ -455,8 +451,7 @@ def bsd_distance(bsd_true: Dict[str, object], bsd_pred: Dict[str, object]) -> Op
   return float(np.abs(gap).max())
 
 
-def brightness_temperature(x_hii, overdensity, redshift: float,
-                           method: str = "auto") -> np.ndarray:
+def brightness_temperature(x_hii, overdensity, redshift: float, method: str = "auto") -> np.ndarray:
   """21-cm differential brightness temperature in mK, for a spin temperature >> T_CMB.
 
   dT_b = 27 mK (1 - x_HII) (1 + delta) sqrt((1 + z) / 10),
@@ -507,20 +502,22 @@ def spectrum_scores(spectrum: Dict[str, object],
   k = np.asarray(spectrum["k"], np.float64)
   r_k = np.asarray(spectrum["r_k"], np.float64)
   with np.errstate(invalid="ignore", divide="ignore"):
-    deviation = np.abs(np.asarray(spectrum["pk_pred"], np.float64)
-                       / np.asarray(spectrum["pk_true"], np.float64) - 1.0)
+    deviation = np.abs(
+        np.asarray(spectrum["pk_pred"], np.float64) / np.asarray(spectrum["pk_true"], np.float64) -
+        1.0)
   low = k <= k_max
   r_k, deviation = r_k[low & np.isfinite(r_k)], deviation[low & np.isfinite(deviation)]
-  return {"r_k_min": float(r_k.min()) if r_k.size else None,
-          "pk_ratio_max_dev": float(deviation.max()) if deviation.size else None}
+  return {
+      "r_k_min": float(r_k.min()) if r_k.size else None,
+      "pk_ratio_max_dev": float(deviation.max()) if deviation.size else None
+  }
 
 
-MAP_SCORE_KEYS = (
-    "ionized_accuracy", "ionized_fraction_true", "ionized_fraction_pred",
-    "xhii_r_k_min", "xhii_pk_ratio_max_dev",
-    "dtb_mean_true_mk", "dtb_mean_pred_mk", "dtb_r_k_min", "dtb_pk_ratio_max_dev",
-    "bsd_peak_radius_true_mpc", "bsd_peak_radius_pred_mpc", "bsd_peak_ratio",
-    "bsd_ks_distance", "score_k_max_per_mpc", "bsd_method", "dtb_method")
+MAP_SCORE_KEYS = ("ionized_accuracy", "ionized_fraction_true", "ionized_fraction_pred",
+                  "xhii_r_k_min", "xhii_pk_ratio_max_dev", "dtb_mean_true_mk", "dtb_mean_pred_mk",
+                  "dtb_r_k_min", "dtb_pk_ratio_max_dev", "bsd_peak_radius_true_mpc",
+                  "bsd_peak_radius_pred_mpc", "bsd_peak_ratio", "bsd_ks_distance",
+                  "score_k_max_per_mpc", "bsd_method", "dtb_method")
 
 
 @dataclasses.dataclass
@@ -535,9 +532,9 @@ class MapComparison:
 
 
 def compare_maps(true_map, pred_map, overdensity, redshift: float, cell_size_mpc: float,
-                 method: str = "auto", kbins: int = DEFAULT_KBINS,
-                 num_rays: int = DEFAULT_NUM_RAYS, bsd_bins: int = DEFAULT_BSD_BINS,
-                 seed: int = 0, k_max: float = SCORE_K_MAX) -> MapComparison:
+                 method: str = "auto", kbins: int = DEFAULT_KBINS, num_rays: int = DEFAULT_NUM_RAYS,
+                 bsd_bins: int = DEFAULT_BSD_BINS, seed: int = 0,
+                 k_max: float = SCORE_K_MAX) -> MapComparison:
   """Physics scores of a predicted x_HII box, with the curves they come from.
 
   Args:
@@ -568,36 +565,39 @@ def compare_maps(true_map, pred_map, overdensity, redshift: float, cell_size_mpc
   box_mpc = [n * cell_size_mpc for n in true_map.shape]
   scores: Dict[str, object] = dict(ionized_map_scores(true_map, pred_map))
   xhii_spectrum = power_spectrum_comparison(true_map, pred_map, box_mpc, kbins, method)
-  scores.update({f"xhii_{key}": value
-                 for key, value in spectrum_scores(xhii_spectrum, k_max).items()})
+  scores.update({
+      f"xhii_{key}": value for key, value in spectrum_scores(xhii_spectrum, k_max).items()
+  })
   dtb_true = brightness_temperature(true_map, overdensity, redshift, method)
   dtb_pred = brightness_temperature(pred_map, overdensity, redshift, method)
   dtb_spectrum = power_spectrum_comparison(dtb_true, dtb_pred, box_mpc, kbins, method)
   scores["dtb_mean_true_mk"] = float(dtb_true.mean())
   scores["dtb_mean_pred_mk"] = float(dtb_pred.mean())
-  scores.update({f"dtb_{key}": value
-                 for key, value in spectrum_scores(dtb_spectrum, k_max).items()})
-  bsd_true, bsd_pred = (bubble_size_distribution(m, cell_size_mpc, num_rays, bsd_bins, seed,
-                                                 method) for m in (true_map, pred_map))
+  scores.update({
+      f"dtb_{key}": value for key, value in spectrum_scores(dtb_spectrum, k_max).items()
+  })
+  bsd_true, bsd_pred = (bubble_size_distribution(m, cell_size_mpc, num_rays, bsd_bins, seed, method)
+                        for m in (true_map, pred_map))
   peak_true, peak_pred = bsd_peak_radius(bsd_true), bsd_peak_radius(bsd_pred)
   scores["bsd_peak_radius_true_mpc"] = peak_true
   scores["bsd_peak_radius_pred_mpc"] = peak_pred
-  scores["bsd_peak_ratio"] = (peak_pred / peak_true if peak_true and peak_pred is not None
-                              else None)
+  scores["bsd_peak_ratio"] = (peak_pred /
+                              peak_true if peak_true and peak_pred is not None else None)
   scores["bsd_ks_distance"] = bsd_distance(bsd_true, bsd_pred)
   scores["score_k_max_per_mpc"] = float(k_max)
   scores["bsd_method"] = bsd_true["method"]
   scores["dtb_method"] = dtb_spectrum["method"]
-  scores = {key: (_finite_or_none(value) if isinstance(value, float) else value)
-            for key, value in scores.items()}
+  scores = {
+      key: (_finite_or_none(value) if isinstance(value, float) else value)
+      for key, value in scores.items()
+  }
   return MapComparison(scores, xhii_spectrum, dtb_spectrum, bsd_true, bsd_pred)
 
 
 def map_scores(true_map, pred_map, overdensity, redshift: float, cell_size_mpc: float,
                **kwargs) -> Dict[str, object]:
   """The flat, JSON-safe dict of physics scores of one box (`compare_maps`'s `scores`)."""
-  return compare_maps(true_map, pred_map, overdensity, redshift, cell_size_mpc,
-                      **kwargs).scores
+  return compare_maps(true_map, pred_map, overdensity, redshift, cell_size_mpc, **kwargs).scores
 
 
 def aggregate_map_scores(per_box: Sequence[Dict[str, object]]) -> Dict[str, object]:

@@ -84,8 +84,7 @@ class SourceTransform(keras.layers.Layer):
   def __init__(self, kind: str = "log1p", **kwargs):
     super().__init__(**kwargs)
     if kind not in SOURCE_TRANSFORMS:
-      raise ValueError(
-          f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
+      raise ValueError(f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
     self.kind = kind
 
   def call(self, inputs):
@@ -132,8 +131,7 @@ def apply_source_transform(values, kind: str):
   import numpy as np  # local: keeps the module's import surface to keras
 
   if kind not in SOURCE_TRANSFORMS:
-    raise ValueError(
-        f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
+    raise ValueError(f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
   values = np.asarray(values, dtype=np.float32)
   if kind in ("log1p",) + MEAN_SCALED:
     return np.log1p(np.maximum(values, 0.0))
@@ -222,22 +220,19 @@ def flattened_width(config: ModelConfig) -> int:
 
 def _branch(x, block_ids, config: ModelConfig):
   for i in block_ids:
-    x = keras.layers.Conv3D(
-        config.filters, config.kernel_size, strides=config.stride_conv,
-        padding=config.padding, name=f"conv3d_{i}")(x)
+    x = keras.layers.Conv3D(config.filters, config.kernel_size, strides=config.stride_conv,
+                            padding=config.padding, name=f"conv3d_{i}")(x)
     x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
                                         name=f"batch_normalization_{i}")(x)
-    x = keras.layers.LeakyReLU(
-        negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
-    x = keras.layers.AveragePooling3D(
-        pool_size=config.kernel_pooling, name=f"average_pooling_3d_{i}")(x)
+    x = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
+    x = keras.layers.AveragePooling3D(pool_size=config.kernel_pooling,
+                                      name=f"average_pooling_3d_{i}")(x)
   return x
 
 
-def build_model(config: ModelConfig = ModelConfig(),
-                n_igm_stats: Optional[Sequence[float]] = None,
-                n_src_stats: Optional[Sequence[float]] = None,
-                name: str = "keras_cnn", domain: Optional[dict] = None) -> keras.Model:
+def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Sequence[float]] = None,
+                n_src_stats: Optional[Sequence[float]] = None, name: str = "keras_cnn",
+                domain: Optional[dict] = None) -> keras.Model:
   """Builds the two-branch CNN.
 
   Args:
@@ -259,14 +254,12 @@ def build_model(config: ModelConfig = ModelConfig(),
 
   igm_mean, igm_var = n_igm_stats if n_igm_stats is not None else (0.0, 1.0)
   src_mean, src_var = n_src_stats if n_src_stats is not None else (0.0, 1.0)
-  left = keras.layers.Normalization(
-      axis=None, mean=float(igm_mean), variance=float(igm_var),
-      name="normalize_n_igm")(n_igm)
+  left = keras.layers.Normalization(axis=None, mean=float(igm_mean), variance=float(igm_var),
+                                    name="normalize_n_igm")(n_igm)
   right = InputDomain(domain, name="input_domain")(n_src)
   right = SourceTransform(config.source_transform, name="source_transform")(right)
-  right = keras.layers.Normalization(
-      axis=None, mean=float(src_mean), variance=float(src_var),
-      name="normalize_n_src")(right)
+  right = keras.layers.Normalization(axis=None, mean=float(src_mean), variance=float(src_var),
+                                     name="normalize_n_src")(right)
 
   left = _branch(left, LEFT_BLOCKS, config)
   right = _branch(right, RIGHT_BLOCKS, config)
@@ -277,14 +270,13 @@ def build_model(config: ModelConfig = ModelConfig(),
   for i, units in enumerate(config.dense_units):
     x = keras.layers.Dense(units, name="dense" if i == 0 else f"dense_{i}")(x)
     x = keras.layers.Dropout(config.dropout_hidden, name=f"dropout_{i + 1}")(x)
-    x = keras.layers.LeakyReLU(
-        negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{18 + i}")(x)
+    x = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope,
+                               name=f"leaky_re_lu_{18 + i}")(x)
   first_tail = len(config.dense_units)
   for j, units in enumerate(config.tail_units):
     x = keras.layers.Dense(units, name=f"dense_{first_tail + j}")(x)
   # float32 output even under a mixed_bfloat16 policy: x_HII keeps its precision.
-  x = keras.layers.Dense(
-      1, activation="sigmoid", dtype="float32",
-      name=f"dense_{first_tail + len(config.tail_units)}")(x)
+  x = keras.layers.Dense(1, activation="sigmoid", dtype="float32",
+                         name=f"dense_{first_tail + len(config.tail_units)}")(x)
   x_hii = keras.layers.Identity(dtype="float32", name="x_hii")(x)
   return keras.Model({"n_igm": n_igm, "n_src": n_src}, x_hii, name=name)

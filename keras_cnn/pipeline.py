@@ -77,8 +77,8 @@ def apply_symmetry(crop: np.ndarray, index: int) -> np.ndarray:
 def _symmetry_view(out: np.ndarray, index: int) -> np.ndarray:
   """View V of a batch buffer (B, D, D, D) such that writing V[b] = c stores T(c)."""
   perm, flips = symmetry(index)
-  flipped = out[(slice(None),) + tuple(
-      slice(None, None, -1) if flip else slice(None) for flip in flips)]
+  flipped = out[(slice(None),) +
+                tuple(slice(None, None, -1) if flip else slice(None) for flip in flips)]
   inverse = np.argsort(perm)
   return flipped.transpose((0,) + tuple(int(1 + axis) for axis in inverse))
 
@@ -165,9 +165,8 @@ def _as_field(array, name: str) -> np.ndarray:
   return field
 
 
-def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
-                   centres: np.ndarray, radius: int,
-                   symmetries: Optional[np.ndarray] = None,
+def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]], centres: np.ndarray,
+                   radius: int, symmetries: Optional[np.ndarray] = None,
                    out: Optional[Sequence[np.ndarray]] = None):
   """Exact periodic neighbourhoods of side 2r+1 of each field at integer centres.
 
@@ -194,9 +193,8 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
   shape = field_list[0].shape
   for i, field in enumerate(field_list):
     if field.shape != shape:
-      raise ValueError(
-          f"all fields must have the same shape: field #{i} has {field.shape}, "
-          f"field #0 has {shape}")
+      raise ValueError(f"all fields must have the same shape: field #{i} has {field.shape}, "
+                       f"field #0 has {shape}")
   centres = np.asarray(centres)
   if centres.ndim != 2 or centres.shape[1] != 3:
     raise ValueError(f"centres must have shape (B, 3), got {centres.shape}")
@@ -204,9 +202,8 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
   if symmetries is not None:
     symmetries = np.asarray(symmetries, dtype=np.int64).reshape(-1)
     if symmetries.shape[0] != centres.shape[0]:
-      raise ValueError(
-          f"symmetries must have one entry per centre ({centres.shape[0]}), "
-          f"got {symmetries.shape[0]}")
+      raise ValueError(f"symmetries must have one entry per centre ({centres.shape[0]}), "
+                       f"got {symmetries.shape[0]}")
     if symmetries.size and (symmetries.min() < 0 or symmetries.max() >= NUM_SYMMETRIES):
       raise ValueError(f"symmetry indices must be in [0, {NUM_SYMMETRIES})")
   cutter = _Cutter(shape, radius)
@@ -218,8 +215,7 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
     outs = [out] if isinstance(out, np.ndarray) else list(out)
     if len(outs) != len(field_list) or any(
         o.shape != shape_out or o.dtype != np.float32 for o in outs):
-      raise ValueError(
-          f"out must hold {len(field_list)} float32 arrays of shape {shape_out}")
+      raise ValueError(f"out must hold {len(field_list)} float32 arrays of shape {shape_out}")
   cutter.cut([field_list], None, centres, symmetries, outs)
   return outs[0] if single else outs
 
@@ -227,8 +223,7 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]],
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
-def split_regions(shape: Sequence[int], radius: int,
-                  fractions: Optional[Sequence[float]] = None,
+def split_regions(shape: Sequence[int], radius: int, fractions: Optional[Sequence[float]] = None,
                   guard: Optional[int] = None,
                   names: Sequence[str] = conventions.SPLITS) -> Dict[str, Region]:
   """x-slabs of one periodic box for train / validation / test, with guard bands.
@@ -267,9 +262,8 @@ def split_regions(shape: Sequence[int], radius: int,
   if fractions is None:
     fractions = [SPLIT_FRACTIONS[name] for name in names]
   if len(fractions) != len(names) or len(names) < 2 or any(f <= 0 for f in fractions):
-    raise ValueError(
-        f"fractions must be {len(names)} positive numbers ({', '.join(names)}), got "
-        f"{fractions}")
+    raise ValueError(f"fractions must be {len(names)} positive numbers ({', '.join(names)}), got "
+                     f"{fractions}")
   count = len(names)
   total = float(sum(fractions))
   sizes = [max(1, int(np.ceil(length * f / total - 1e-9))) for f in fractions[1:]]
@@ -278,10 +272,11 @@ def split_regions(shape: Sequence[int], radius: int,
   if first < held_out:
     others = " and ".join(names[1:])
     slabs = ", ".join(f"{name} {size}" for name, size in zip(names[1:], sizes))
-    instead = [f"give {others} snapshots of their own (a second box: "
-               + ", ".join(f"--{name}_dirs" for name in names[1:]) + "; or other redshifts "
-               "of --data_dir: " + ", ".join(f"--{name}_redshifts" for name in names[1:])
-               + ")"]
+    instead = [
+        f"give {others} snapshots of their own (a second box: " +
+        ", ".join(f"--{name}_dirs" for name in names[1:]) + "; or other redshifts "
+        "of --data_dir: " + ", ".join(f"--{name}_redshifts" for name in names[1:]) + ")"
+    ]
     largest = (length - 2 * held_out) // count
     if guard == radius and 0 <= largest < radius:
       instead.append(f"use --radius={largest} or less")
@@ -305,12 +300,12 @@ def _resolve_region(region, shape, radius) -> Region:
     return 0, length
   if isinstance(region, str):
     if region not in conventions.SPLITS:
-      raise ValueError(f"region must be one of {conventions.SPLITS} or (start, stop), got {region!r}")
+      raise ValueError(
+          f"region must be one of {conventions.SPLITS} or (start, stop), got {region!r}")
     return split_regions(shape, radius)[region]
   start, stop = (int(v) for v in region)
   if not 0 <= start < stop <= length:
-    raise ValueError(
-        f"region {region} must satisfy 0 <= start < stop <= Nx = {length}")
+    raise ValueError(f"region {region} must satisfy 0 <= start < stop <= Nx = {length}")
   return start, stop
 
 
@@ -350,9 +345,8 @@ class _Source:
     self.size = 2 * self.radius + 1
     # Global voxel index g: snapshot s owns [offsets[s], offsets[s+1]), C order
     # over its region (x - x_start, y, z).
-    self.region_shapes = [
-        (stop - start,) + arrays[0].shape[1:]
-        for (start, stop), arrays in zip(self.regions, self.snapshots)]
+    self.region_shapes = [(stop - start,) + arrays[0].shape[1:]
+                          for (start, stop), arrays in zip(self.regions, self.snapshots)]
     counts = [int(np.prod(shape)) for shape in self.region_shapes]
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self.total = int(self.offsets[-1])
@@ -424,13 +418,14 @@ class _Source:
         out[mask] = strata[k][rng.integers(0, len(strata[k]), size=int(mask.sum()))]
       return out
     per_bin = np.full(len(strata), count // len(strata))
-    per_bin[: count % len(strata)] += 1
-    picks = [rng.choice(stratum, size=min(n, len(stratum)), replace=False)
-             for stratum, n in zip(strata, per_bin.tolist())]
+    per_bin[:count % len(strata)] += 1
+    picks = [
+        rng.choice(stratum, size=min(n, len(stratum)), replace=False)
+        for stratum, n in zip(strata, per_bin.tolist())
+    ]
     return np.concatenate(picks).astype(np.int64)
 
-  def make_batch(self, index: np.ndarray, symmetries: Optional[np.ndarray],
-                 with_targets: bool):
+  def make_batch(self, index: np.ndarray, symmetries: Optional[np.ndarray], with_targets: bool):
     which, centres = self.locate(index)
     count = len(index)
     outs = [np.empty((count,) + (self.size,) * 3, np.float32) for _ in INPUT_NAMES]
@@ -465,21 +460,19 @@ def _to_dataset(batches: tf.data.Dataset, fn, batch_size: Optional[int], size: i
 
   def to_element(batch_index):
     arrays = tf.numpy_function(fn, [batch_index], dtypes, stateful=False)
-    inputs = {name: tf.ensure_shape(array, crop_shape)
-              for name, array in zip(INPUT_NAMES, arrays)}
+    inputs = {name: tf.ensure_shape(array, crop_shape) for name, array in zip(INPUT_NAMES, arrays)}
     if with_targets:
       return inputs, tf.ensure_shape(arrays[-1], (batch_size, 1))
     return inputs
 
-  dataset = batches.map(to_element, num_parallel_calls=parallel_calls,
-                        deterministic=True)
+  dataset = batches.map(to_element, num_parallel_calls=parallel_calls, deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(fields, radius: int, batch_size: int, *, training: bool,
-                 seed: int = 0, augment: bool = True, region=None,
-                 num_examples: Optional[int] = None, stratify_bins: int = 0,
-                 start_batch: int = 0, parallel_calls: int = 2) -> tf.data.Dataset:
+def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: int = 0,
+                 augment: bool = True, region=None, num_examples: Optional[int] = None,
+                 stratify_bins: int = 0, start_batch: int = 0,
+                 parallel_calls: int = 2) -> tf.data.Dataset:
   """Batches of ({"n_igm", "n_src"}: (B, D, D, D, 1), x_hii: (B, 1)), float32.
 
   Args:
@@ -526,6 +519,7 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool,
     fixed = np.sort(source.sample(rng, num_examples, stratify_bins, replace=False))
 
   if training:
+
     def batch_fn(batch_index):
       rng = np.random.default_rng([seed, _STREAM_BATCH, int(batch_index)])
       if fixed is None:
@@ -547,14 +541,15 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool,
     return source.make_batch(index, None, with_targets=True)
 
   num_batches = -(-count // batch_size)
-  return _to_dataset(tf.data.Dataset.range(num_batches), eval_fn, None,
-                     source.size, True, parallel_calls)
+  return _to_dataset(tf.data.Dataset.range(num_batches), eval_fn, None, source.size, True,
+                     parallel_calls)
 
 
 def plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int) -> np.ndarray:
   """(x, first voxel of the plane) of each batch of `volume_dataset(..., whole_planes=True)`."""
-  return np.array([(x, lo) for x in range(x_start, x_stop)
-                   for lo in range(0, plane_size, batch_size)], dtype=np.int64).reshape(-1, 2)
+  return np.array(
+      [(x, lo) for x in range(x_start, x_stop) for lo in range(0, plane_size, batch_size)],
+      dtype=np.int64).reshape(-1, 2)
 
 
 def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
@@ -576,18 +571,18 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   n_igm = _as_field(n_igm, "n_igm")
   x_stop = n_igm.shape[0] if x_stop is None else int(x_stop)
-  source = _Source([(n_igm, n_src, None)], radius, (x_start, x_stop),
-                   need_targets=False)
+  source = _Source([(n_igm, n_src, None)], radius, (x_start, x_stop), need_targets=False)
   count = source.total
   if not whole_planes:
+
     def batch_fn(batch_index):
       lo = int(batch_index) * batch_size
       index = np.arange(lo, min(count, lo + batch_size), dtype=np.int64)
       return source.make_batch(index, None, with_targets=False)
 
     num_batches = -(-count // batch_size)
-    return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None,
-                       source.size, False, parallel_calls)
+    return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None, source.size, False,
+                       parallel_calls)
 
   plane_size = int(np.prod(n_igm.shape[1:]))
   batch_size = min(batch_size, plane_size)
@@ -597,19 +592,18 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
     x, lo = (int(v) for v in batches[int(batch_index)])
     flat = np.arange(lo, lo + batch_size) % plane_size  # the fill repeats the plane
     index = (x - x_start) * plane_size + flat
-    return source.make_batch(index, None, with_targets=False) + [
-        np.float32(min(batch_size, plane_size - lo))]
+    return source.make_batch(index, None,
+                             with_targets=False) + [np.float32(min(batch_size, plane_size - lo))]
 
   crop_shape = (batch_size,) + (source.size,) * 3 + (1,)
 
   def to_element(batch_index):
     arrays = tf.numpy_function(plane_fn, [batch_index], [tf.float32] * 3, stateful=False)
-    inputs = {name: tf.ensure_shape(array, crop_shape)
-              for name, array in zip(INPUT_NAMES, arrays)}
+    inputs = {name: tf.ensure_shape(array, crop_shape) for name, array in zip(INPUT_NAMES, arrays)}
     return inputs, tf.cast(arrays[-1], tf.int64)
 
-  dataset = tf.data.Dataset.range(len(batches)).map(
-      to_element, num_parallel_calls=parallel_calls, deterministic=True)
+  dataset = tf.data.Dataset.range(len(batches)).map(to_element, num_parallel_calls=parallel_calls,
+                                                    deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -626,8 +620,8 @@ def _patch_corner_region(region, shape, radius: int, patch_size: int):
   return start, stop - patch_size + 1
 
 
-def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
-                       training: bool, seed: int = 0, augment: bool = True, region=None,
+def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *, training: bool,
+                       seed: int = 0, augment: bool = True, region=None,
                        num_patches: Optional[int] = None, start_batch: int = 0,
                        parallel_calls: int = 2) -> tf.data.Dataset:
   """Batches of patches: a P^3 block of targets with its (P+2r)^3 periodic context.
@@ -666,8 +660,11 @@ def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
   source = _Source(fields, radius, corners)
   shapes = {arrays[0].shape for arrays in source.snapshots}
   context = patch_size + 2 * radius
-  cutters = {shape: (_Cutter(shape, radius, size=context, lead=radius),
-                     _Cutter(shape, radius, size=patch_size, lead=0)) for shape in shapes}
+  cutters = {
+      shape: (_Cutter(shape, radius, size=context,
+                      lead=radius), _Cutter(shape, radius, size=patch_size,
+                                            lead=0)) for shape in shapes
+  }
   target_fields = [[arrays[2]] for arrays in source.snapshots]
 
   def make_batch(index, symmetries):
@@ -697,20 +694,25 @@ def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
   input_shape = (None,) + (context,) * 3 + (1,)
 
   def to_dataset(batches, fn):
+
     def to_element(batch_index):
       arrays = tf.numpy_function(fn, [batch_index], [tf.float32] * 3, stateful=False)
-      inputs = {name: tf.ensure_shape(array, input_shape)
-                for name, array in zip(INPUT_NAMES, arrays)}
+      inputs = {
+          name: tf.ensure_shape(array, input_shape) for name, array in zip(INPUT_NAMES, arrays)
+      }
       return inputs, tf.ensure_shape(arrays[-1], (None, 1))
+
     return batches.map(to_element, num_parallel_calls=parallel_calls,
                        deterministic=True).prefetch(tf.data.AUTOTUNE)
 
   if training:
+
     def train_fn(batch_index):
       rng = np.random.default_rng([seed, _STREAM_BATCH, int(batch_index)])
       index = source.sample(rng, batch_size, 0)
       syms = rng.integers(0, NUM_SYMMETRIES, size=batch_size) if augment else None
       return make_batch(index, syms)
+
     return to_dataset(tf.data.Dataset.counter(start=start_batch), train_fn)
 
   rng = np.random.default_rng([seed, _STREAM_FIXED_SET])

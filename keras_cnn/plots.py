@@ -53,12 +53,13 @@ def history_columns(history_csv: str) -> Dict[str, np.ndarray]:
 def plot_history(history_csv: str, out_png: str) -> str:
   """Loss (MSE) and R^2 per epoch, training and validation, from history.csv."""
   history = history_columns(history_csv)
-  epochs = (history["epoch"] + 1 if "epoch" in history
-            else np.arange(1, len(next(iter(history.values()))) + 1))
+  if "epoch" in history:
+    epochs = history["epoch"] + 1
+  else:
+    epochs = np.arange(1, len(next(iter(history.values()))) + 1)
   figure = _new_figure(10, 4)
   panels = figure.subplots(1, 2)
-  for axes, key, label in ((panels[0], "loss", "MSE loss"),
-                           (panels[1], "r2", r"$R^2$")):
+  for axes, key, label in ((panels[0], "loss", "MSE loss"), (panels[1], "r2", r"$R^2$")):
     for prefix, name, style in (("", "training", "-o"), ("val_", "validation", "-s")):
       column = history.get(prefix + key)
       if column is not None and np.isfinite(column).any():
@@ -102,8 +103,8 @@ def plot_pred_vs_true(y_true, y_pred, out_png: str, bins: int = 60,
   return save_figure(figure, out_png)
 
 
-def _draw_slices(figure: Figure, panels, true_map, pred_map, cell_size_mpc: float,
-                 axis: int = 0, index: Optional[int] = None) -> str:
+def _draw_slices(figure: Figure, panels, true_map, pred_map, cell_size_mpc: float, axis: int = 0,
+                 index: Optional[int] = None) -> str:
   """True, predicted and residual x_HII of one slice on three panels; returns a caption."""
   true_map = np.asarray(true_map, dtype=np.float32)
   pred_map = np.asarray(pred_map, dtype=np.float32)
@@ -117,13 +118,16 @@ def _draw_slices(figure: Figure, panels, true_map, pred_map, cell_size_mpc: floa
   names = [n for a, n in enumerate("xyz") if a != axis]
   extent = [0.0, true_slice.shape[0] * cell_size_mpc, 0.0, true_slice.shape[1] * cell_size_mpc]
   limit = max(float(np.abs(residual).max()), 1e-6)
-  for axes, image, title, cmap, vmin, vmax, label in (
-      (panels[0], true_slice, f"true {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
-      (panels[1], pred_slice, f"predicted {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
-      (panels[2], residual, "residual (predicted - true)", "RdBu_r", -limit, limit,
-       rf"$\Delta${XHII_LABEL}")):
-    shown = axes.imshow(image.T, origin="lower", extent=extent, cmap=cmap, vmin=vmin,
-                        vmax=vmax, interpolation="nearest")
+  for axes, image, title, cmap, vmin, vmax, label in ((panels[0], true_slice, f"true {XHII_LABEL}",
+                                                       "magma", 0.0, 1.0, XHII_LABEL),
+                                                      (panels[1], pred_slice,
+                                                       f"predicted {XHII_LABEL}", "magma", 0.0, 1.0,
+                                                       XHII_LABEL),
+                                                      (panels[2], residual,
+                                                       "residual (predicted - true)", "RdBu_r",
+                                                       -limit, limit, rf"$\Delta${XHII_LABEL}")):
+    shown = axes.imshow(image.T, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
+                        interpolation="nearest")
     figure.colorbar(shown, ax=axes, label=label, shrink=0.85)
     axes.set_xlabel(f"{names[0]} [cMpc]")
     axes.set_ylabel(f"{names[1]} [cMpc]")
@@ -131,9 +135,8 @@ def _draw_slices(figure: Figure, panels, true_map, pred_map, cell_size_mpc: floa
   return f"slice {'xyz'[axis]} = {index * cell_size_mpc:.1f} cMpc (cell {index})"
 
 
-def plot_slices(true_map, pred_map, out_png: str,
-                cell_size_mpc: float = conventions.CELL_SIZE_MPC, axis: int = 0,
-                index: Optional[int] = None) -> str:
+def plot_slices(true_map, pred_map, out_png: str, cell_size_mpc: float = conventions.CELL_SIZE_MPC,
+                axis: int = 0, index: Optional[int] = None) -> str:
   """True, predicted and residual (predicted - true) x_HII on one slice of the box.
 
   Args:
@@ -145,8 +148,8 @@ def plot_slices(true_map, pred_map, out_png: str,
     index: slice position along `axis`; None is the middle of the box.
   """
   figure = _new_figure(14, 4.4)
-  caption = _draw_slices(figure, figure.subplots(1, 3), true_map, pred_map, cell_size_mpc,
-                         axis, index)
+  caption = _draw_slices(figure, figure.subplots(1, 3), true_map, pred_map, cell_size_mpc, axis,
+                         index)
   figure.suptitle(caption)
   return save_figure(figure, out_png)
 
@@ -244,10 +247,10 @@ def plot_summary(true_map, pred_map, comparison, out_png: str, cell_size_mpc: fl
       axes.axvline(k_max, color="grey", linewidth=0.8, linestyle="--")
 
   bsd_axes = panels[1, 2]
-  for bsd, label, style in ((comparison.bsd_true, "true", "-o"),
-                            (comparison.bsd_pred, "predicted", "--s")):
-    bsd_axes.plot(np.asarray(bsd["r"], np.float64), np.asarray(bsd["r_dp_dr"], np.float64),
-                  style, markersize=3, label=label)
+  for bsd, label, style in ((comparison.bsd_true, "true", "-o"), (comparison.bsd_pred, "predicted",
+                                                                  "--s")):
+    bsd_axes.plot(np.asarray(bsd["r"], np.float64), np.asarray(bsd["r_dp_dr"], np.float64), style,
+                  markersize=3, label=label)
   bsd_axes.set_xscale("log")
   bsd_axes.set_xlabel(r"$R$ [cMpc]")
   bsd_axes.set_ylabel(r"$R\,\mathrm{d}P/\mathrm{d}R$")

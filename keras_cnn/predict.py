@@ -49,17 +49,15 @@ def main(argv):
                                     model_lib.source_transform_of(model))
   domain.check_inputs(model, [snapshot], strict=FLAGS.strict_domain, model_name=FLAGS.model)
   try:
-    start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards,
-                                         FLAGS.shard_index)
+    start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards, FLAGS.shard_index)
     engine = inference.resolve_engine(model, FLAGS.engine)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
-  logging.info("Predicting x-planes [%d, %d) of %s, shape %s, with r=%d, engine %s.", start,
-               stop, snapshot.name, snapshot.shape, radius, engine)
-  x_hii = inference.predict_map(model, snapshot.n_igm, snapshot.n_src, engine=engine,
-                                x_start=start, x_stop=stop, batch_size=batch_size,
-                                memory_budget_gb=FLAGS.memory_budget_gb,
-                                progress=FLAGS.progress)
+  logging.info("Predicting x-planes [%d, %d) of %s, shape %s, with r=%d, engine %s.", start, stop,
+               snapshot.name, snapshot.shape, radius, engine)
+  x_hii = inference.predict_map(model, snapshot.n_igm, snapshot.n_src, engine=engine, x_start=start,
+                                x_stop=stop, batch_size=batch_size,
+                                memory_budget_gb=FLAGS.memory_budget_gb, progress=FLAGS.progress)
   inference.save_array(x_hii, FLAGS.out)
   where = ("the whole box" if FLAGS.num_shards == 1 else
            f"shard {FLAGS.shard_index} of {FLAGS.num_shards}: x-planes [{start}, {stop}) "

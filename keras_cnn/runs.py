@@ -54,8 +54,11 @@ def data_fingerprint(data_dirs: Union[None, str, Sequence[str]]) -> Optional[str
 
 def manifest_for(config) -> dict:
   settings = {k: v for k, v in _flatten(config).items() if k not in HARMLESS}
-  return {"keras_cnn_run": 1, "settings": settings,
-          "data_fingerprint": data_fingerprint(config.data.folders())}
+  return {
+      "keras_cnn_run": 1,
+      "settings": settings,
+      "data_fingerprint": data_fingerprint(config.data.folders())
+  }
 
 
 def check_or_create(workdir: str, config) -> bool:
@@ -73,9 +76,8 @@ def check_or_create(workdir: str, config) -> bool:
   if os.path.isdir(workdir) and os.listdir(workdir):
     if not os.path.isfile(path):
       found = ", ".join(sorted(os.listdir(workdir))[:5])
-      raise errors.UserError(
-          f"--workdir={workdir} holds files keras_cnn did not write ({found}); "
-          "choose a new or empty --workdir")
+      raise errors.UserError(f"--workdir={workdir} holds files keras_cnn did not write ({found}); "
+                             "choose a new or empty --workdir")
     try:
       with open(path) as stream:
         recorded = json.load(stream)
@@ -85,8 +87,8 @@ def check_or_create(workdir: str, config) -> bool:
     old, new = recorded.get("settings", {}), wanted["settings"]
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if recorded.get("data_fingerprint") != wanted["data_fingerprint"]:
-      changed.append("the files of --data_dir" if len(config.data.folders()) < 2 else
-                     "the files of the data folders")
+      changed.append("the files of --data_dir" if len(config.data.folders()) <
+                     2 else "the files of the data folders")
     if changed:
       detail = ", ".join(f"--{k}" if not k.startswith("the ") else k for k in changed)
       raise errors.UserError(
@@ -114,8 +116,7 @@ class WorkdirLock:
         if owner is not None and owner != os.getpid() and _alive(owner):
           raise errors.UserError(
               f"another keras_cnn process (pid {owner}) is training in "
-              f"{os.path.dirname(self.path)}; wait for it or choose another --workdir"
-          ) from None
+              f"{os.path.dirname(self.path)}; wait for it or choose another --workdir") from None
         os.remove(self.path)  # stale: its process is gone
         continue
       with os.fdopen(handle, "w") as stream:

@@ -30,7 +30,6 @@ from keras_cnn import model as model_lib
 from keras_cnn import runs
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the snapshots come from (see `keras_cnn.data.splits.load_splits`).
@@ -57,13 +56,19 @@ class DataConfig:
 
   def split_redshifts(self) -> Dict[str, Tuple[float, ...]]:
     """{split: its own redshifts of data_dir}, for the splits that have some."""
-    return {split: getattr(self, f"{split}_redshifts") for split in conventions.SPLITS
-            if getattr(self, f"{split}_redshifts")}
+    return {
+        split: getattr(self, f"{split}_redshifts")
+        for split in conventions.SPLITS
+        if getattr(self, f"{split}_redshifts")
+    }
 
   def split_dirs(self) -> Dict[str, Tuple[str, ...]]:
     """{split: its own folders}, for the splits that have some."""
-    return {split: getattr(self, f"{split}_dirs") for split in conventions.SPLITS
-            if getattr(self, f"{split}_dirs")}
+    return {
+        split: getattr(self, f"{split}_dirs")
+        for split in conventions.SPLITS
+        if getattr(self, f"{split}_dirs")
+    }
 
   def folders(self) -> List[str]:
     """Every user folder the run reads: data_dir, then each split's folders."""
@@ -155,7 +160,10 @@ class AtomicBackup(keras.callbacks.Callback):
         os.remove(tmp)
     runs.kill_point(f"backup_weights:{epoch}")
     io_utils.write_text(os.path.join(self.backup_dir, conventions.BACKUP_STATE),
-                        json.dumps({"epochs_done": epoch + 1, "weights": name}) + "\n")
+                        json.dumps({
+                            "epochs_done": epoch + 1,
+                            "weights": name
+                        }) + "\n")
     for old in os.listdir(self.backup_dir):
       if old.endswith(".weights.h5") and old != name:
         os.remove(os.path.join(self.backup_dir, old))
@@ -233,16 +241,15 @@ def resolve_precision(setting: str) -> str:
   return distribute.default_precision()
 
 
-def compile_model(model: keras.Model, learning_rate: float, jit_compile,
-                  loss: str = "mse") -> None:
+def compile_model(model: keras.Model, learning_rate: float, jit_compile, loss: str = "mse") -> None:
   """Adam with `loss` ('mse', or 'bce': binary cross-entropy on x_HII in [0, 1])."""
   if loss not in LOSSES:
     raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {loss!r}")
   metrics = [keras.metrics.R2Score(name="r2")]
   if loss != "mse":
     metrics.append(keras.metrics.MeanSquaredError(name="mse"))
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss],
-                metrics=metrics, jit_compile=jit_compile)
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss], metrics=metrics,
+                jit_compile=jit_compile)
 
 
 class CosineSchedule(keras.callbacks.Callback):
@@ -250,8 +257,7 @@ class CosineSchedule(keras.callbacks.Callback):
   when there is one (the step count it allows is not known in advance), else over
   epochs x steps_per_epoch."""
 
-  def __init__(self, learning_rate: float, minutes: float, total_steps: int,
-               first_step: int = 0):
+  def __init__(self, learning_rate: float, minutes: float, total_steps: int, first_step: int = 0):
     super().__init__()
     self.learning_rate = learning_rate
     self.seconds = 60.0 * minutes
@@ -282,23 +288,26 @@ def _callbacks(config: TrainConfig, workdir: str, history: list):
       keras.callbacks.TerminateOnNaN(),
   ]
   if config.lr_schedule == "cosine":
-    callbacks.append(CosineSchedule(config.learning_rate, config.time_budget_minutes,
-                                    config.epochs * config.steps_per_epoch,
-                                    first_step=len(history) * config.steps_per_epoch))
+    callbacks.append(
+        CosineSchedule(config.learning_rate, config.time_budget_minutes,
+                       config.epochs * config.steps_per_epoch,
+                       first_step=len(history) * config.steps_per_epoch))
   else:
-    callbacks.append(keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6))
+    callbacks.append(
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=max(1, config.patience // 2), min_lr=1e-6))
   if config.patience:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
   if config.time_budget_minutes:
     callbacks.append(TimeBudget(config.time_budget_minutes))
-  callbacks.append(AtomicBackup(os.path.join(workdir, conventions.BACKUP_DIR)))  # last: commits the epoch
+  callbacks.append(AtomicBackup(os.path.join(workdir,
+                                             conventions.BACKUP_DIR)))  # last: commits the epoch
   return callbacks
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str,
-                       flags_text: Optional[str] = None,
-                       extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+def train_and_evaluate(
+    config: TrainConfig, workdir: str, flags_text: Optional[str] = None,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
   """Trains, keeps the best model on validation, and scores the test split.
 
   Args:
@@ -315,14 +324,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
   resumed = runs.check_or_create(workdir, config)
   with runs.WorkdirLock(workdir):
     metrics_path = os.path.join(workdir, conventions.METRICS_FILE)
-    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir, conventions.MODEL_FILE)):
+    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir,
+                                                                    conventions.MODEL_FILE)):
       logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
       with open(metrics_path) as f:
         return json.load(f)
     if not resumed:  # flags.txt works as --flagfile to rerun the same training
-      io_utils.write_text(os.path.join(workdir, conventions.FLAGS_FILE),
-                          flags_text if flags_text is not None else json.dumps(
-                              dataclasses.asdict(config), indent=2, default=str))
+      io_utils.write_text(
+          os.path.join(workdir, conventions.FLAGS_FILE), flags_text if flags_text is not None else
+          json.dumps(dataclasses.asdict(config), indent=2, default=str))
     distribute.initialize(config.distribution)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
@@ -336,7 +346,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
 
 def is_finished(workdir: str) -> bool:
   """True if `workdir` holds a finished run (its model and test metrics)."""
-  return all(os.path.exists(os.path.join(workdir, name)) for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
+  return all(
+      os.path.exists(os.path.join(workdir, name))
+      for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
 
 
 def _train(config: TrainConfig, workdir: str, precision: str,
@@ -346,8 +358,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
                                   tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
                                   mean_xhii=data.mean_xhii, data_seed=data.data_seed,
-                                  data_format=data.data_format,
-                                  box_size_mpc=data.box_size_mpc,
+                                  data_format=data.data_format, box_size_mpc=data.box_size_mpc,
                                   split_redshifts=data.split_redshifts(),
                                   split_dirs=data.split_dirs())
   splits = splits_lib.for_model(splits, config.model.source_transform)
@@ -356,8 +367,8 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
   train = splits["train"]
-  record = domain.make_record([(n_igm, n_src) for n_igm, n_src, _ in train.fields],
-                              train.region, config.source_units,
+  record = domain.make_record([(n_igm, n_src) for n_igm, n_src, _ in train.fields], train.region,
+                              config.source_units,
                               [snapshot.redshift for snapshot in train.snapshots])
 
   best_path = os.path.join(workdir, conventions.BEST_FILE)
@@ -371,53 +382,54 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     start_epoch = len(history)
     if start_epoch:
       logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
-    _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks,
-         igm_stats, src_stats, record)
+    _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks, igm_stats,
+         src_stats, record)
     io_utils.write_text(done_path, "fit finished; the best model is best.keras or model.keras\n")
     shutil.rmtree(os.path.join(workdir, conventions.BACKUP_DIR), ignore_errors=True)
     runs.kill_point("fit")
   if os.path.exists(best_path):
     os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
   shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
-  metrics = evaluate_split(shared, splits["test"], radius, config.batch_size,
-                           config.test_examples, seed=config.seed + 2)
+  metrics = evaluate_split(shared, splits["test"], radius, config.batch_size, config.test_examples,
+                           seed=config.seed + 2)
   runs.kill_point("scoring")
   arrays = metrics.pop("_arrays")
   _write_plots(workdir, arrays)
   runs.kill_point("plots")
-  io_utils.write_text(os.path.join(workdir, conventions.METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+  io_utils.write_text(os.path.join(workdir, conventions.METRICS_FILE),
+                      json.dumps(metrics, indent=2) + "\n")
   return metrics
 
 
-def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
-         precision: str, extra_callbacks, igm_stats, src_stats, record: dict) -> None:
+def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, precision: str,
+         extra_callbacks, igm_stats, src_stats, record: dict) -> None:
   """Fits the model (or its dense twin, on patches) until a stopping rule fires."""
   from keras_cnn import pipeline
 
   radius = config.model.radius
   patches = config.train_unit == "patch"
   if patches:
-    train_ds = pipeline.make_patch_dataset(
-        splits["train"].fields, radius, config.patch_size, config.batch_size, training=True,
-        seed=config.seed, augment=config.augment, region=splits["train"].region,
-        start_batch=start_epoch * config.steps_per_epoch)
+    train_ds = pipeline.make_patch_dataset(splits["train"].fields, radius, config.patch_size,
+                                           config.batch_size, training=True, seed=config.seed,
+                                           augment=config.augment, region=splits["train"].region,
+                                           start_batch=start_epoch * config.steps_per_epoch)
     region = splits["validation"].region
     # A slab of one user box may be thinner than a patch: validate on slab-thin blocks.
-    val_size = config.patch_size if region is None else min(config.patch_size,
-                                                            region[1] - region[0])
-    val_ds = pipeline.make_patch_dataset(
-        splits["validation"].fields, radius, val_size, config.batch_size,
-        training=False, seed=config.seed + 1, region=region,
-        num_patches=config.validation_patches)
+    val_size = config.patch_size if region is None else min(config.patch_size, region[1] -
+                                                            region[0])
+    val_ds = pipeline.make_patch_dataset(splits["validation"].fields, radius, val_size,
+                                         config.batch_size, training=False, seed=config.seed + 1,
+                                         region=region, num_patches=config.validation_patches)
   else:
-    train_ds = pipeline.make_dataset(
-        splits["train"].fields, radius, config.batch_size, training=True, seed=config.seed,
-        augment=config.augment, region=splits["train"].region,
-        stratify_bins=config.stratify_bins, start_batch=start_epoch * config.steps_per_epoch)
-    val_ds = pipeline.make_dataset(
-        splits["validation"].fields, radius, config.batch_size, training=False,
-        seed=config.seed + 1, region=splits["validation"].region,
-        num_examples=config.validation_examples)
+    train_ds = pipeline.make_dataset(splits["train"].fields, radius, config.batch_size,
+                                     training=True, seed=config.seed, augment=config.augment,
+                                     region=splits["train"].region,
+                                     stratify_bins=config.stratify_bins,
+                                     start_batch=start_epoch * config.steps_per_epoch)
+    val_ds = pipeline.make_dataset(splits["validation"].fields, radius, config.batch_size,
+                                   training=False, seed=config.seed + 1,
+                                   region=splits["validation"].region,
+                                   num_examples=config.validation_examples)
 
   jit_compile = resolve_jit_compile(config.jit_compile)
   with distribute.distribution_scope(config.distribution) as info:
@@ -430,18 +442,18 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int,
                f"{config.patch_size}^3 patches (dense twin)" if patches else "voxels")
   offset = model_lib.receptive_offset(config.model)
   if offset:
-    logging.warning("The receptive field is off-centre by %.1f cells per axis (sizes floor "
-                    "away rows); centred sizes keep the 48 cube symmetries exact.", offset)
+    logging.warning(
+        "The receptive field is off-centre by %.1f cells per axis (sizes floor "
+        "away rows); centred sizes keep the 48 cube symmetries exact.", offset)
   model.summary(print_fn=logging.info)
   restored = restore_backup(fitted, os.path.join(workdir, conventions.BACKUP_DIR))
   if restored != start_epoch:
     raise RuntimeError(f"backup holds {restored} epochs but history.csv {start_epoch}")
   with distribute.synchronized_batch_norm(model, info):
     fitted.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch,
-               steps_per_epoch=config.steps_per_epoch,
-               validation_data=val_ds,
-               callbacks=_callbacks(config, workdir, history) + list(extra_callbacks),
-               verbose=1, shuffle=False)
+               steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
+               callbacks=_callbacks(config, workdir, history) + list(extra_callbacks), verbose=1,
+               shuffle=False)
 
 
 def save_for_sharing(model: keras.Model, path: str) -> None:
@@ -468,8 +480,8 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
       os.remove(tmp)
 
 
-def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
-                   batch_size: int, num_examples: int, seed: int) -> dict:
+def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int, batch_size: int,
+                   num_examples: int, seed: int) -> dict:
   """Metrics of `model` on `split`: every voxel of its boxes (or slab) through the dense
   engine for 'valid' models, else a fixed set of `num_examples` crops.
 
@@ -488,13 +500,13 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
     y_true, y_pred = [], []
     for snapshot, (n_igm, n_src, x_hii) in zip(split.snapshots, split.fields):
       start, stop = split.region or (0, n_igm.shape[0])
-      pred_map = inference.predict_volume_dense(
-          model, n_igm, n_src, x_start=start, x_stop=stop, progress=False, twin=twin)
+      pred_map = inference.predict_volume_dense(model, n_igm, n_src, x_start=start, x_stop=stop,
+                                                progress=False, twin=twin)
       true_map = np.asarray(x_hii[start:stop], np.float32)
       if split.region is None:
-        comparisons.append((true_map, pred_map, metrics_lib.compare_maps(
-            true_map, pred_map, n_igm, snapshot.redshift, conventions.CELL_SIZE_MPC,
-            seed=seed)))
+        comparisons.append((true_map, pred_map,
+                            metrics_lib.compare_maps(true_map, pred_map, n_igm, snapshot.redshift,
+                                                     conventions.CELL_SIZE_MPC, seed=seed)))
       y_pred.append(pred_map.ravel())
       y_true.append(true_map.ravel())
     y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
@@ -517,7 +529,8 @@ def _write_plots(workdir: str, arrays) -> None:
     logging.warning("No plots: %s", err)
     return
   y_true, y_pred, comparisons = arrays
-  plots.plot_history(os.path.join(workdir, conventions.HISTORY_FILE), os.path.join(workdir, conventions.HISTORY_PNG))
+  plots.plot_history(os.path.join(workdir, conventions.HISTORY_FILE),
+                     os.path.join(workdir, conventions.HISTORY_PNG))
   plots.plot_pred_vs_true(y_true, y_pred, os.path.join(workdir, conventions.PRED_VS_TRUE_PNG))
   for i, (true_map, pred_map, comparison) in enumerate(comparisons):
     name = "summary.png" if len(comparisons) == 1 else f"summary_{i}.png"

@@ -39,10 +39,12 @@ def repo_root() -> str:
 def parse_flags():
   """Parses args into the global FLAGS (program name first); restored after the test."""
   with flagsaver.flagsaver():
+
     def _parse(*args):
       flags.FLAGS.unparse_flags()
       flags.FLAGS(list(args))
       return flags.FLAGS
+
     yield _parse
     flags.FLAGS.unparse_flags()
 
@@ -56,6 +58,7 @@ def snapshot_dir(tmp_path):
     folder = str(tmp_path / name)
     snapshot_lib.save_snapshot(tiny_snapshot() if snapshot is None else snapshot, folder)
     return folder
+
   return _write
 
 
@@ -63,11 +66,14 @@ def snapshot_dir(tmp_path):
 def run_module():
   """Runs `python -m module args...` from the repo root as a user would; returns the
   CompletedProcess (stdout, stderr as text)."""
+
   def _run(module, *args, env=None, timeout=300):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    full_env = {
+        **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    }
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=full_env)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=full_env)
+
   return _run

@@ -16,8 +16,7 @@ BASE = dict(stride_conv=1, kernel_pooling=1)
 # transforms, odd and even sides, non-cubic boxes and boxes smaller than the crop.
 EXACTNESS_CASES = [
     (dict(radius=3, kernel_size=3, filters=2), (7, 6, 5)),
-    (dict(radius=7, kernel_size=3, filters=3, stride_conv=2, source_transform="none"),
-     (8, 8, 8)),
+    (dict(radius=7, kernel_size=3, filters=3, stride_conv=2, source_transform="none"), (8, 8, 8)),
     (dict(radius=11, kernel_size=3, filters=2, kernel_pooling=2), (9, 6, 7)),
     (dict(radius=15, kernel_size=3, filters=4, stride_conv=2), (6, 5, 8)),
     (dict(radius=32, kernel_size=1, filters=2, stride_conv=2, kernel_pooling=2), (5, 4, 3)),
@@ -36,8 +35,7 @@ def per_voxel_map(model, n_igm, n_src, radius):
   centres = np.stack(np.meshgrid(*[np.arange(n) for n in n_igm.shape], indexing="ij"),
                      axis=-1).reshape(-1, 3)
   igm, src = pipeline.periodic_crops([n_igm, n_src], centres, radius)
-  out = model.predict({"n_igm": igm[..., None], "n_src": src[..., None]}, batch_size=128,
-                      verbose=0)
+  out = model.predict({"n_igm": igm[..., None], "n_src": src[..., None]}, batch_size=128, verbose=0)
   return np.asarray(out, np.float32).reshape(n_igm.shape)
 
 
@@ -59,8 +57,11 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
   centres = np.stack(np.meshgrid(*[np.arange(n) for n in n_igm.shape], indexing="ij"),
                      axis=-1).reshape(-1, 3)
   igm, src = pipeline.periodic_crops([n_igm, n_src], centres, config.radius)
-  hidden = np.asarray(features.predict({"n_igm": igm[..., None], "n_src": src[..., None]},
-                                       verbose=0), np.float64)
+  hidden = np.asarray(
+      features.predict({
+          "n_igm": igm[..., None],
+          "n_src": src[..., None]
+      }, verbose=0), np.float64)
   last = model.get_layer("dense_7")
   kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
   logits = hidden @ kernel
@@ -83,8 +84,10 @@ def test_dense_twin_equals_per_voxel_model(sizes, shape):
   expected = per_voxel_map(model, n_igm, n_src, config.radius)
   assert expected.std() > 0.05  # a wrong crop cannot pass by accident
   twin = dense.DenseTwin(model)
-  got = twin({"n_igm": wrapped_tile(n_igm, config.radius),
-              "n_src": wrapped_tile(n_src, config.radius)})
+  got = twin({
+      "n_igm": wrapped_tile(n_igm, config.radius),
+      "n_src": wrapped_tile(n_src, config.radius)
+  })
   got = np.asarray(keras.ops.convert_to_numpy(got))
   assert got.shape == (1,) + shape + (1,)
   np.testing.assert_allclose(got[0, ..., 0], expected, atol=1e-5, rtol=0)
@@ -95,8 +98,8 @@ def test_tiled_dense_engine_matches_per_voxel_engine_and_shards():
   """Many small tiles (a tiny memory budget) and x-shards rebuild the per-voxel map."""
   shape = (11, 9, 10)
   n_igm, n_src = random_fields(shape, seed=1)
-  model, config = random_valid_model(dict(radius=7, kernel_size=3, filters=3,
-                                          stride_conv=2), n_igm, n_src, seed=1)
+  model, config = random_valid_model(dict(radius=7, kernel_size=3, filters=3, stride_conv=2), n_igm,
+                                     n_src, seed=1)
   twin = dense.DenseTwin(model)
   budget = 4e5 / 2 ** 30  # a few tiles per axis
   tile = inference.tile_shape(shape, twin, budget)
@@ -105,18 +108,22 @@ def test_tiled_dense_engine_matches_per_voxel_engine_and_shards():
                                          progress=False)
   per_voxel = inference.predict_volume(model, n_igm, n_src, batch_size=64, progress=False)
   np.testing.assert_allclose(whole, per_voxel, atol=1e-5, rtol=0)
-  slabs = [inference.predict_volume_dense(model, n_igm, n_src, *inference.shard_bounds(
-      shape[0], 3, i), memory_budget_gb=budget, progress=False) for i in range(3)]
+  slabs = [
+      inference.predict_volume_dense(model, n_igm, n_src, *inference.shard_bounds(shape[0], 3, i),
+                                     memory_budget_gb=budget, progress=False) for i in range(3)
+  ]
   np.testing.assert_array_equal(np.concatenate(slabs, axis=0), whole)
 
 
-@pytest.mark.parametrize("sizes, offset", [
-    (dict(radius=15, kernel_size=3, stride_conv=2), 0.0),  # 31 -> 15 -> 7 -> 3: centred
-    (dict(radius=16, kernel_size=3, stride_conv=2), 1.0),  # 33 -> 16: two cells unused
-    # week-2 sizes: 49 -> 45 -> 22 -> 18 -> 9 -> 5 -> 2 uses 44 of 49 cells
-    (dict(radius=24, kernel_size=5, kernel_pooling=2), 2.5),
-    (dict(radius=24, kernel_size=5, kernel_pooling=2, padding="same"), 0.0),
-])
+@pytest.mark.parametrize(
+    "sizes, offset",
+    [
+        (dict(radius=15, kernel_size=3, stride_conv=2), 0.0),  # 31 -> 15 -> 7 -> 3: centred
+        (dict(radius=16, kernel_size=3, stride_conv=2), 1.0),  # 33 -> 16: two cells unused
+        # week-2 sizes: 49 -> 45 -> 22 -> 18 -> 9 -> 5 -> 2 uses 44 of 49 cells
+        (dict(radius=24, kernel_size=5, kernel_pooling=2), 2.5),
+        (dict(radius=24, kernel_size=5, kernel_pooling=2, padding="same"), 0.0),
+    ])
 def test_receptive_offset(sizes, offset):
   config = ModelConfig(**{"padding": "valid", **BASE, **sizes})
   assert receptive_offset(config) == offset
@@ -128,17 +135,18 @@ def test_fold_and_unfold_are_inverse():
   assert tuple(folded.shape) == (16, 3, 2, 4, 3)
   # batch block of phase (1, 0, 1) holds x[:, 1::2, 0::2, 1::2]
   block = (1 * 2 + 0) * 2 + 1
-  np.testing.assert_array_equal(
-      keras.ops.convert_to_numpy(folded[block * 2:(block + 1) * 2]), x[:, 1::2, 0::2, 1::2])
+  np.testing.assert_array_equal(keras.ops.convert_to_numpy(folded[block * 2:(block + 1) * 2]),
+                                x[:, 1::2, 0::2, 1::2])
   np.testing.assert_array_equal(keras.ops.convert_to_numpy(dense.unfold_phases(folded, 2)), x)
 
 
 def test_engine_choice_follows_padding():
-  same = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
-                                 kernel_pooling=1, padding="same"))
-  valid = build_model(ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
-                                  kernel_pooling=1,
-                                  padding="valid"))
+  same = build_model(
+      ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                  padding="same"))
+  valid = build_model(
+      ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                  padding="valid"))
   assert inference.resolve_engine(same) == "per_voxel"
   assert inference.resolve_engine(valid) == "dense"
   assert inference.resolve_engine(valid, "per_voxel") == "per_voxel"
@@ -150,8 +158,9 @@ def test_engine_choice_follows_padding():
 
 
 def test_tile_fits_the_budget_and_covers_the_box():
-  model = build_model(ModelConfig(radius=16, kernel_size=3, filters=16, stride_conv=2,
-                                  kernel_pooling=1, padding="valid"))
+  model = build_model(
+      ModelConfig(radius=16, kernel_size=3, filters=16, stride_conv=2, kernel_pooling=1,
+                  padding="valid"))
   twin = dense.DenseTwin(model)
   for budget in (0.25, 1.0, 4.0):
     tile = inference.tile_shape((300, 300, 300), twin, budget)

@@ -23,15 +23,17 @@ GLOBAL_BATCH = 8
 def _tiny_config():
   from keras_cnn.model import ModelConfig
   return ModelConfig(radius=4, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=2,
-                     padding="same", dropout_input=0.0,
-                     dropout_hidden=0.0, dense_units=(8, 8, 8, 8, 8), tail_units=(4, 2))
+                     padding="same", dropout_input=0.0, dropout_hidden=0.0,
+                     dense_units=(8, 8, 8, 8, 8), tail_units=(4, 2))
 
 
 def _batch(config, seed=0):
   rng = np.random.default_rng(seed)
   shape = (GLOBAL_BATCH,) + (config.crop_size,) * 3 + (1,)
-  x = {"n_igm": rng.normal(size=shape).astype("float32"),
-       "n_src": rng.poisson(0.3, size=shape).astype("float32")}
+  x = {
+      "n_igm": rng.normal(size=shape).astype("float32"),
+      "n_src": rng.poisson(0.3, size=shape).astype("float32")
+  }
   y = rng.uniform(size=(GLOBAL_BATCH, 1)).astype("float32")
   return x, y
 
@@ -64,8 +66,7 @@ def _child(backend: str) -> dict:
   if backend == "tensorflow":
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   import keras
   import tensorflow as tf
 
@@ -85,19 +86,25 @@ def _child(backend: str) -> dict:
     got = _one_step(model, x, y)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(GLOBAL_BATCH)
     history = model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
-  synchronized_after = [layer.synchronized for layer in model.layers
-                        if isinstance(layer, keras.layers.BatchNormalization)]
-  return {"backend": keras.backend.backend(), "num_replicas": info.num_replicas,
-          "max_abs_diff": _max_diff(expected, got),
-          "max_abs_diff_unsynchronized_bn": _max_diff(expected, unsynchronized),
-          "max_update": _max_diff(initial, expected),
-          "fit_loss": float(history.history["loss"][-1]),
-          "synchronized_after": any(synchronized_after)}
+  synchronized_after = [
+      layer.synchronized
+      for layer in model.layers
+      if isinstance(layer, keras.layers.BatchNormalization)
+  ]
+  return {
+      "backend": keras.backend.backend(),
+      "num_replicas": info.num_replicas,
+      "max_abs_diff": _max_diff(expected, got),
+      "max_abs_diff_unsynchronized_bn": _max_diff(expected, unsynchronized),
+      "max_update": _max_diff(initial, expected),
+      "fit_loss": float(history.history["loss"][-1]),
+      "synchronized_after": any(synchronized_after)
+  }
 
 
 def _run_child(backend: str, extra_env=None) -> dict:
-  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
-             CUDA_VISIBLE_DEVICES="", **(extra_env or {}))
+  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+             **(extra_env or {}))
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), backend], env=env,
                         capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -116,13 +123,21 @@ def test_unknown_kind_names_the_flag():
 
 
 def test_multi_host_detection(monkeypatch):
-  for name in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
-               "KERAS_DISTRIBUTION_NUM_PROCESSES"):
+  for name in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES"):
     monkeypatch.delenv(name, raising=False)
   assert not distribute.tf_multi_worker_requested()
   assert not distribute.jax_multi_host_requested()
-  monkeypatch.setenv("TF_CONFIG", json.dumps(
-      {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+  monkeypatch.setenv(
+      "TF_CONFIG",
+      json.dumps({
+          "cluster": {
+              "worker": ["a:1", "b:1"]
+          },
+          "task": {
+              "type": "worker",
+              "index": 1
+          }
+      }))
   assert distribute.tf_multi_worker_requested()
   monkeypatch.setenv("TF_CONFIG", "{not json")
   with pytest.raises(ValueError, match="TF_CONFIG"):
@@ -164,7 +179,9 @@ def test_data_parallel_on_local_devices_in_process():
 
 @pytest.mark.parametrize("backend,extra_env", [
     ("tensorflow", None),
-    ("jax", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    ("jax", {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2"
+    }),
 ])
 def test_two_device_step_equals_single_device_step(backend, extra_env):
   result = _run_child(backend, extra_env)

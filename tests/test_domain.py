@@ -41,8 +41,7 @@ def test_the_record_travels_in_the_saved_file(trained):
   train_box = simulate.synthetic_splits(n_cells=16, seed=0)["train"][0]
   want = domain.input_statistics([(train_box.n_igm, train_box.n_src)])
   assert record["sources"]["mean"] == pytest.approx(want["sources"]["mean"])
-  assert record["sources"]["nonzero_fraction"] == pytest.approx(
-      want["sources"]["nonzero_fraction"])
+  assert record["sources"]["nonzero_fraction"] == pytest.approx(want["sources"]["nonzero_fraction"])
   assert record["overdensity"]["variance"] == pytest.approx(want["overdensity"]["variance"])
   assert set(record["sources"]["quantiles"]) == {"0.5", "0.9", "0.99", "0.999"}
   assert record["voxels"] == 16 ** 3 and record["redshifts"] == [pytest.approx(8.397)]
@@ -101,8 +100,8 @@ def test_a_model_without_record_is_said_once_and_used(monkeypatch):
   messages = []
   monkeypatch.setattr(domain, "_warned_no_record", False)
   monkeypatch.setattr(domain.logging, "warning", lambda *args: messages.append(args))
-  old = model_lib.build_model(model_lib.ModelConfig(radius=2, kernel_size=3, filters=2,
-                                                    stride_conv=1, padding="same"))
+  old = model_lib.build_model(
+      model_lib.ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, padding="same"))
   assert domain.read_record(old) is None
   for _ in range(2):
     assert domain.check_inputs(old, [_box(source_scale=1e3)], strict=True) == []
@@ -138,17 +137,16 @@ def test_scale_sources_divides_by_the_box_mean():
   scaled = snapshot_lib.for_model(box, "mean_scaled")
   assert float(scaled.n_src.mean(dtype=np.float64)) == pytest.approx(1.0, rel=1e-5)
   assert scaled.rho is box.rho
-  np.testing.assert_allclose(scaled.n_src, box.n_src / box.n_src.mean(dtype=np.float64),
-                             rtol=1e-6)
+  np.testing.assert_allclose(scaled.n_src, box.n_src / box.n_src.mean(dtype=np.float64), rtol=1e-6)
 
 
 def test_a_mean_scaled_model_takes_sources_in_any_unit(tmp_path):
   from keras_cnn import inference
 
   keras.utils.set_random_seed(0)
-  config = model_lib.ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1,
-                                 padding="valid", dense_units=(8, 8, 8, 8, 8),
-                                 tail_units=(4, 4), source_transform="mean_scaled")
+  config = model_lib.ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1, padding="valid",
+                                 dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4),
+                                 source_transform="mean_scaled")
   model = model_lib.build_model(config, n_src_stats=(0.5, 0.3))
   path = str(tmp_path / "m.keras")
   model.save(path)
@@ -162,8 +160,10 @@ def test_a_mean_scaled_model_takes_sources_in_any_unit(tmp_path):
   log1p = model_lib.build_model(dataclasses.replace(config, source_transform="log1p"),
                                 n_src_stats=(0.5, 0.3))
   log1p.set_weights(model.get_weights())
-  raw = [inference.predict_map(log1p, box.n_igm, box.n_src, progress=False)
-         for box in (_box(), _box(source_scale=1e3))]
+  raw = [
+      inference.predict_map(log1p, box.n_igm, box.n_src, progress=False)
+      for box in (_box(), _box(source_scale=1e3))
+  ]
   assert np.abs(raw[0] - raw[1]).max() > 1e-3  # the plain log1p model is not unit-free
 
 
@@ -175,8 +175,8 @@ def test_training_with_mean_scaled_sources_records_the_scaled_inputs(tmp_path):
   converted = splits_lib.for_model(shared, "mean_scaled")
   assert converted["train"].snapshots[0] is converted["test"].snapshots[0]
   config = dataclasses.replace(
-      TINY, epochs=1, steps_per_epoch=1,
-      model=dataclasses.replace(TINY.model, source_transform="mean_scaled"))
+      TINY, epochs=1, steps_per_epoch=1, model=dataclasses.replace(TINY.model,
+                                                                   source_transform="mean_scaled"))
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(config, workdir)
   model = keras.saving.load_model(os.path.join(workdir, "model.keras"), safe_mode=True)

@@ -22,18 +22,19 @@ TINY = ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_poo
 SHAPE = (10, 9, 8)
 REDSHIFT = 8.397
 BATCH = 32
-METRIC_KEYS = {"r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels", "num_boxes",
-               "full_volume", "r_k_mean", "pk_ratio_mean", "power_spectrum_method",
-               "engine"} | set(metrics.MAP_SCORE_KEYS)
+METRIC_KEYS = {
+    "r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels", "num_boxes", "full_volume",
+    "r_k_mean", "pk_ratio_mean", "power_spectrum_method", "engine"
+} | set(metrics.MAP_SCORE_KEYS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_snapshot(seed=0) -> snapshot_lib.Snapshot:
   rng = np.random.default_rng(seed)
-  return snapshot_lib.Snapshot(
-      rho=rng.lognormal(0.0, 0.5, SHAPE).astype(np.float32),
-      n_src=rng.poisson(0.5, SHAPE).astype(np.float32),
-      x_hii=rng.random(SHAPE, dtype=np.float32), redshift=REDSHIFT, name=f"tiny{seed}")
+  return snapshot_lib.Snapshot(rho=rng.lognormal(0.0, 0.5, SHAPE).astype(np.float32),
+                               n_src=rng.poisson(0.5, SHAPE).astype(np.float32),
+                               x_hii=rng.random(SHAPE, dtype=np.float32), redshift=REDSHIFT,
+                               name=f"tiny{seed}")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def _no_temporaries(folder) -> bool:
 
 
 # -- regression metrics -----------------------------------------------------------------
+
 
 def test_perfect_prediction_scores_one():
   y = np.random.default_rng(0).random(100)
@@ -74,8 +76,13 @@ def test_constant_prediction_scores_at_most_zero(constant, expected_r2):
 def test_metrics_on_a_hand_computed_case():
   result = metrics.regression_metrics([[0.0, 0.5, 1.0]], [0.0, 0.5, 0.5])
   # residual 0.25, total variation 0.5
-  assert result == pytest.approx({"r2": 0.5, "mse": 0.25 / 3, "mean_xhii_true": 0.5,
-                                  "mean_xhii_pred": 1.0 / 3, "num_voxels": 3})
+  assert result == pytest.approx({
+      "r2": 0.5,
+      "mse": 0.25 / 3,
+      "mean_xhii_true": 0.5,
+      "mean_xhii_pred": 1.0 / 3,
+      "num_voxels": 3
+  })
 
 
 def test_constant_truth_and_bad_inputs():
@@ -91,6 +98,7 @@ def test_constant_truth_and_bad_inputs():
 
 # -- power spectra ----------------------------------------------------------------------
 
+
 def test_plane_wave_power_lands_in_its_shell():
   n, length, m = 16, 32.0, 3
   x = np.arange(n)[:, None, None]
@@ -102,8 +110,8 @@ def test_plane_wave_power_lands_in_its_shell():
   centres = np.sqrt(edges[:-1] * edges[1:])
   row = int(np.flatnonzero(np.isclose(spectrum["k"], centres[shell]))[0])
   # two modes (+-k) of power V/4 each, averaged over the shell's modes
-  assert spectrum["pk_true"][row] == pytest.approx(
-      2 * length ** 3 / 4 / spectrum["n_modes"][row], rel=1e-9)
+  assert spectrum["pk_true"][row] == pytest.approx(2 * length ** 3 / 4 / spectrum["n_modes"][row],
+                                                   rel=1e-9)
   others = np.delete(spectrum["pk_true"], row)
   assert np.all(others < 1e-20 * spectrum["pk_true"][row])
   assert spectrum["r_k"][row] == pytest.approx(1.0)
@@ -118,8 +126,7 @@ def test_cross_correlation_of_scaled_and_noisy_maps():
   noisy = metrics.power_spectrum_comparison(truth, truth + rng.random(truth.shape), 30.0,
                                             method="numpy")
   assert np.all(noisy["r_k"] < 1.0) and np.all(noisy["r_k"] > 0.3)
-  flat = metrics.power_spectrum_comparison(truth, np.full(truth.shape, 0.37), 30.0,
-                                           method="numpy")
+  flat = metrics.power_spectrum_comparison(truth, np.full(truth.shape, 0.37), 30.0, method="numpy")
   assert np.isnan(flat["r_k"]).all()
   assert metrics.power_spectrum_summary(flat)["r_k_mean"] is None
 
@@ -139,6 +146,7 @@ def test_tools21cm_and_numpy_agree():
 
 # -- figures ----------------------------------------------------------------------------
 
+
 def test_every_plot_writes_a_png_atomically(tmp_path):
   rng = np.random.default_rng(3)
   truth = rng.random(SHAPE)
@@ -156,20 +164,20 @@ def test_every_plot_writes_a_png_atomically(tmp_path):
       plots.plot_power_spectra(spectrum, str(out / "power_spectra.png"), title="test"),
   ]
   assert all(_is_png(path) for path in written)
-  assert sorted(os.listdir(out)) == ["history.png", "power_spectra.png", "pred_vs_true.png",
-                                     "slices.png"]
+  assert sorted(
+      os.listdir(out)) == ["history.png", "power_spectra.png", "pred_vs_true.png", "slices.png"]
 
 
 # -- evaluate ---------------------------------------------------------------------------
+
 
 @pytest.mark.backend
 def test_evaluate_model_scores_the_whole_map(tmp_path, model):
   box = tiny_snapshot()
   result = inference.evaluate_model(model, [box], str(tmp_path), batch_size=BATCH,
-                                   power_spectrum="numpy", progress=False, cell_size_mpc=2.0)
+                                    power_spectrum="numpy", progress=False, cell_size_mpc=2.0)
   assert set(result) == METRIC_KEYS
-  full_map = inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
-                                    progress=False)
+  full_map = inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH, progress=False)
   expected = metrics.regression_metrics(box.x_hii, full_map)
   for key in ("r2", "mse", "mean_xhii_true", "mean_xhii_pred", "num_voxels"):
     assert result[key] == pytest.approx(expected[key], rel=1e-6)
@@ -197,7 +205,7 @@ def test_evaluate_model_scores_the_whole_map(tmp_path, model):
 def test_evaluate_samples_voxels_of_large_boxes(tmp_path, model):
   boxes = [tiny_snapshot(0), tiny_snapshot(1)]
   result = inference.evaluate_model(model, boxes, str(tmp_path), batch_size=BATCH,
-                                   max_full_voxels=100, num_examples=50, progress=False)
+                                    max_full_voxels=100, num_examples=50, progress=False)
   assert result["num_voxels"] == 100 and result["num_boxes"] == 2
   assert result["full_volume"] is False and result["r_k_mean"] is None
   assert 0.0 <= result["ionized_accuracy"] <= 1.0  # pooled over the sampled voxels
@@ -225,9 +233,10 @@ def test_command_prints_one_json_line_and_writes_artifacts(tmp_path, model, capf
   capfd.readouterr()
   with flagsaver.flagsaver():
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["evaluate", f"--model={workdir / 'model.keras'}", f"--data_dir={data_dir}",
-                 f"--redshift={REDSHIFT}", f"--out={out}", f"--batch_size={BATCH}",
-                 "--noprogress"])
+    flags.FLAGS([
+        "evaluate", f"--model={workdir / 'model.keras'}", f"--data_dir={data_dir}",
+        f"--redshift={REDSHIFT}", f"--out={out}", f"--batch_size={BATCH}", "--noprogress"
+    ])
     evaluate.main(["evaluate"])
   stdout = capfd.readouterr().out
   lines = stdout.splitlines()
@@ -235,8 +244,7 @@ def test_command_prints_one_json_line_and_writes_artifacts(tmp_path, model, capf
   printed = json.loads(lines[0])
   assert set(printed) == METRIC_KEYS
   assert json.loads((out / "metrics.json").read_text()) == printed
-  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "summary.png",
-               "history.png"):
+  for name in ("pred_vs_true.png", "slices.png", "power_spectra.png", "summary.png", "history.png"):
     assert _is_png(out / name), name
 
 
@@ -251,8 +259,10 @@ def test_evaluate_refuses_to_write_into_a_training_workdir(tmp_path, model):
   for extra in ([], ["--overwrite"]):
     with flagsaver.flagsaver():
       flags.FLAGS.unparse_flags()
-      flags.FLAGS(["evaluate", f"--model={workdir / 'model.keras'}", "--n_cells=8",
-                   f"--out={workdir}", "--noprogress", *extra])
+      flags.FLAGS([
+          "evaluate", f"--model={workdir / 'model.keras'}", "--n_cells=8", f"--out={workdir}",
+          "--noprogress", *extra
+      ])
       with pytest.raises(app.UsageError, match="is a training workdir"):
         evaluate.main(["evaluate"])
   assert (workdir / "metrics.json").read_text() == '{"r2": 0.9}'

@@ -65,20 +65,25 @@ def test_default_preset_is_centred_and_trains_on_patches():
     ("--memory_budget_gb=0", "--memory_budget_gb must be a finite number > 0"),
 ])
 def test_bad_flag_values_are_rejected(parse, arg, message):
-  with pytest.raises(flags.IllegalFlagValueError, match=message.replace("[", r"\[").replace(
-      "(", r"\(").replace(")", r"\)")):
+  with pytest.raises(flags.IllegalFlagValueError,
+                     match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
     parse(arg)
 
 
 def test_help_lists_every_flag():
   out = subprocess.run([sys.executable, "-m", "keras_cnn.train", "--kernel_size=5", "--help"],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
-  fields = [f.name for config in (model_lib.ModelConfig, training.DataConfig,
-                                   training.TrainConfig)
-            for f in dataclasses.fields(config) if f.name not in ("model", "data")]
-  missing = [name for name in fields + ["workdir"]
-             if f"--{name}" not in out and f"--[no]{name}" not in out]
+                       capture_output=True, text=True, timeout=300, env={
+                           **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+                       }).stdout
+  fields = [
+      f.name
+      for config in (model_lib.ModelConfig, training.DataConfig, training.TrainConfig)
+      for f in dataclasses.fields(config)
+      if f.name not in ("model", "data")
+  ]
+  missing = [
+      name for name in fields + ["workdir"] if f"--{name}" not in out and f"--[no]{name}" not in out
+  ]
   assert len(fields) > 30 and not missing
 
 
@@ -93,7 +98,9 @@ import keras_cnn.training, keras_cnn.metrics, keras_cnn.plots, keras_cnn.distrib
 import keras_cnn.data.snapshot, keras_cnn.data.splits, keras_cnn.data.simulate
 print(sorted(set(flags.FLAGS) - before))
 """
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={
+                           **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+                       })
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"

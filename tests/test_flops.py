@@ -13,8 +13,8 @@ CONFIGS = {
     "week2_small_same": dataclasses.replace(model_lib.WEEK2, radius=6, filters=4),
     "week2_small_valid": dataclasses.replace(model_lib.WEEK2, radius=20, filters=4,
                                              padding="valid"),
-    "stride_and_pool": model_lib.ModelConfig(radius=32, kernel_size=3, filters=2,
-                                             stride_conv=2, kernel_pooling=2, padding="same"),
+    "stride_and_pool": model_lib.ModelConfig(radius=32, kernel_size=3, filters=2, stride_conv=2,
+                                             kernel_pooling=2, padding="same"),
 }
 
 

@@ -170,12 +170,18 @@ def test_21cmfast_round_trip(tmp_path, version, xh_name):
   neutral = (1.0 - x_hii).astype(np.float32)
   n_ion = (np.arange(np.prod(SHAPE)) % 7).reshape(SHAPE).astype(np.float32)
   redshift = 8.3974  # 21cmFAST keeps the full value in an attribute
-  write_21cmfast(tmp_path / "PerturbedField_abc_r1.h5", "PerturbedField",
-                 {"density": delta, "velocity_z": -delta}, redshift, version)
-  write_21cmfast(tmp_path / "IonizedBox_abc_r1.h5", "IonizedBox",
-                 {xh_name: neutral, "Gamma12_box": neutral}, redshift, version)
-  write_21cmfast(tmp_path / "HaloBox_abc_r1.h5", "HaloBox",
-                 {"n_ion": n_ion, "halo_mass": n_ion + 1}, redshift, version)
+  write_21cmfast(tmp_path / "PerturbedField_abc_r1.h5", "PerturbedField", {
+      "density": delta,
+      "velocity_z": -delta
+  }, redshift, version)
+  write_21cmfast(tmp_path / "IonizedBox_abc_r1.h5", "IonizedBox", {
+      xh_name: neutral,
+      "Gamma12_box": neutral
+  }, redshift, version)
+  write_21cmfast(tmp_path / "HaloBox_abc_r1.h5", "HaloBox", {
+      "n_ion": n_ion,
+      "halo_mass": n_ion + 1
+  }, redshift, version)
   for data_format in ("auto", "21cmfast"):
     snap = snapshot_lib.load_snapshot(str(tmp_path), data_format=data_format)
     _assert_box(snap, np.float32(1) + delta, np.float32(1) - neutral, n_ion)
@@ -193,8 +199,8 @@ def test_21cmfast_halo_mass_when_n_ion_is_absent(tmp_path):
   write_21cmfast(tmp_path / "a.h5", "PerturbedField", {"density": rho - 1}, Z)
   write_21cmfast(tmp_path / "b.hdf5", "IonizedBox", {"xH_box": 1 - x_hii}, Z)
   write_21cmfast(tmp_path / "c.h5", "HaloBox", {"halo_mass": rho}, Z)
-  np.testing.assert_array_equal(snapshot_lib.load_snapshot(str(tmp_path)).n_src,
-                                rho.astype(np.float32))
+  np.testing.assert_array_equal(
+      snapshot_lib.load_snapshot(str(tmp_path)).n_src, rho.astype(np.float32))
 
 
 def test_21cmfast_problems_name_the_file(tmp_path):
@@ -205,8 +211,9 @@ def test_21cmfast_problems_name_the_file(tmp_path):
   write_21cmfast(tmp_path / "c.h5", "HaloBox", {"count": rho}, Z)
   with h5py.File(tmp_path / "model.h5", "w") as handle:  # other HDF5 files are ignored
     handle.create_dataset("weights", data=np.ones(3))
-  with pytest.raises(SnapshotError, match=r"c\.h5 \(HaloBox\): field 'n_src': no dataset n_ion "
-                     r"or halo_mass in /HaloBox \(found: count\)"):
+  with pytest.raises(
+      SnapshotError, match=r"c\.h5 \(HaloBox\): field 'n_src': no dataset n_ion "
+      r"or halo_mass in /HaloBox \(found: count\)"):
     snapshot_lib.load_snapshot(str(tmp_path))
   with h5py.File(tmp_path / "c.h5", "w") as handle:
     handle.create_group("HaloBox").create_dataset("n_ion", data=rho)
@@ -248,10 +255,11 @@ def test_two_layouts_of_one_field_are_an_error_unless_one_is_chosen(tmp_path):
   for prefix, array in (("rho", rho), ("nsrc", n_src), ("xHII", x_hii)):
     np.save(tmp_path / f"{prefix}_z8.397.npy", array)
   write_cbin(tmp_path / "8.397n_all.dat", rho * 2)
-  with pytest.raises(SnapshotError, match=r"8\.397n_all\.dat: field 'rho' has two files at "
-                     r"redshifts closer than 0\.0005: 8\.397n_all\.dat \(z=8\.397\) and "
-                     r"rho_z8\.397\.npy \(z=8\.397\); keep one, or choose a layout with "
-                     "--data_format"):
+  with pytest.raises(
+      SnapshotError, match=r"8\.397n_all\.dat: field 'rho' has two files at "
+      r"redshifts closer than 0\.0005: 8\.397n_all\.dat \(z=8\.397\) and "
+      r"rho_z8\.397\.npy \(z=8\.397\); keep one, or choose a layout with "
+      "--data_format"):
     snapshot_lib.load_snapshot(str(tmp_path))
   snap = snapshot_lib.load_snapshot(str(tmp_path), data_format="npy")
   np.testing.assert_array_equal(snap.rho, rho.astype(np.float32))
@@ -283,11 +291,12 @@ def test_binary_declaring_more_than_memory(tmp_path, monkeypatch):
     stream.write(np.array((4096, 4096, 1600), np.int32).tobytes())
     stream.truncate(12 + 4 * 4096 * 4096 * 1600)  # sparse, 100 GiB
   np.save(tmp_path / "nsrc_z8.397.npy", rho)
-  monkeypatch.setattr(formats, "available_memory", lambda: 2**30)
+  monkeypatch.setattr(formats, "available_memory", lambda: 2 ** 30)
   try:
-    with pytest.raises(SnapshotError, match=r"8\.397n_all\.dat: field 'rho' declares shape "
-                       r"\(4096, 4096, 1600\) of float32: loading it needs \d+ bytes \(\d+ GB\) "
-                       r"of memory but 1073741824 bytes \(1\.07 GB\) are available"):
+    with pytest.raises(
+        SnapshotError, match=r"8\.397n_all\.dat: field 'rho' declares shape "
+        r"\(4096, 4096, 1600\) of float32: loading it needs \d+ bytes \(\d+ GB\) "
+        r"of memory but 1073741824 bytes \(1\.07 GB\) are available"):
       snapshot_lib.load_snapshot(str(tmp_path))
   finally:
     os.remove(tmp_path / "8.397n_all.dat")
@@ -344,8 +353,9 @@ def test_box_size_gives_source_masses_in_solar_masses(tmp_path):
   write_sources(tmp_path / "8.397-coarsest_wsubgrid_sources.dat", sources)
   t2c = formats.tools21cm()
   if t2c is None:
-    with pytest.raises(SnapshotError, match=r"--box_size_mpc=244: converting C2-Ray source "
-                       "masses to solar masses needs tools21cm"):
+    with pytest.raises(
+        SnapshotError, match=r"--box_size_mpc=244: converting C2-Ray source "
+        "masses to solar masses needs tools21cm"):
       snapshot_lib.load_snapshot(str(tmp_path), box_size_mpc=244)
     return
   before = t2c.conv.M_grid
@@ -380,10 +390,9 @@ def test_format_flags_are_passed_to_the_loader(tmp_path):
   for prefix, array in (("rho", rho), ("nsrc", np.zeros(SHAPE)), ("xHII", x_hii)):
     np.save(tmp_path / f"{prefix}_z8.397.npy", array)
   write_cbin(tmp_path / "8.397n_all.dat", rho * 2)  # a second density file: auto refuses
-  flag_values = _FlagValues(
-      data_dir=str(tmp_path), redshift=None, dataset="synthetic", split="test",
-      tfds_data_dir=None, n_cells=8, mean_xhii=0.5, data_seed=0, data_format="auto",
-      box_size_mpc=None)
+  flag_values = _FlagValues(data_dir=str(tmp_path), redshift=None, dataset="synthetic",
+                            split="test", tfds_data_dir=None, n_cells=8, mean_xhii=0.5, data_seed=0,
+                            data_format="auto", box_size_mpc=None)
   with pytest.raises(SnapshotError, match="choose a layout with --data_format"):
     cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
   for data_format, want in (("npy", rho), ("c2ray", None)):
@@ -392,8 +401,7 @@ def test_format_flags_are_passed_to_the_loader(tmp_path):
       with pytest.raises(SnapshotError, match="missing file for field 'n_src'"):
         cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
       continue
-    (box,) = cli_flags.load_box_from_flags(radius=1, require_target=True,
-                                           flag_values=flag_values)
+    (box,) = cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
     np.testing.assert_array_equal(box.rho, want.astype(np.float32))
 
 

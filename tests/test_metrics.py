@@ -28,15 +28,20 @@ def _smooth_field(n: int, seed: int) -> np.ndarray:
 
 # -- ionized map --------------------------------------------------------------------------
 
+
 def test_ionized_accuracy_on_a_hand_computed_case():
   scores = metrics.ionized_map_scores([0.1, 0.6, 0.9, 0.4], [0.2, 0.7, 0.3, 0.51])
-  assert scores == pytest.approx({"ionized_accuracy": 0.5, "ionized_fraction_true": 0.5,
-                                  "ionized_fraction_pred": 0.5})
+  assert scores == pytest.approx({
+      "ionized_accuracy": 0.5,
+      "ionized_fraction_true": 0.5,
+      "ionized_fraction_pred": 0.5
+  })
   with pytest.raises(ValueError, match="y_true has 2 values but y_pred has 1"):
     metrics.ionized_map_scores([0.1, 0.2], [0.3])
 
 
 # -- bubble size distribution -------------------------------------------------------------
+
 
 def test_rays_in_a_slab_follow_the_slab_law():
   """Ionized slab of thickness T: a ray from height u over a face at cos(angle) mu to the
@@ -75,8 +80,7 @@ def test_rays_wrap_around_the_periodic_box():
   """A ball cut by the box faces is one bubble: its rays are as long as the centred one's."""
   sphere = _sphere(5)
   cut = np.roll(sphere, (N // 2, N // 2, N // 2), axis=(0, 1, 2))
-  centred_bsd, cut_bsd = (metrics.bubble_size_distribution(m, 1.0, num_rays=50_000,
-                                                           method="numpy")
+  centred_bsd, cut_bsd = (metrics.bubble_size_distribution(m, 1.0, num_rays=50_000, method="numpy")
                           for m in (sphere, cut))
   assert metrics.bsd_distance(centred_bsd, cut_bsd) < 0.01
   lengths = metrics.ray_lengths(cut > 0.5, 1.0, num_rays=20_000, seed=3)
@@ -89,8 +93,7 @@ def test_bubble_size_distribution_edge_cases_and_seeds():
   bsd = metrics.bubble_size_distribution(neutral, 1.0, num_rays=100, method="numpy")
   assert not bsd["probability"].any() and math.isnan(bsd["truncated_fraction"])
   assert metrics.bsd_peak_radius(bsd) is None
-  ionized = metrics.bubble_size_distribution(np.ones((8, 8, 8)), 1.0, num_rays=100,
-                                             method="numpy")
+  ionized = metrics.bubble_size_distribution(np.ones((8, 8, 8)), 1.0, num_rays=100, method="numpy")
   assert ionized["truncated_fraction"] == 1.0 and metrics.bsd_peak_radius(ionized) is None
   assert metrics.bsd_distance(bsd, ionized) is None
   field = _smooth_field(16, seed=4)
@@ -114,12 +117,12 @@ def test_tools21cm_and_numpy_bubble_sizes_agree_on_a_centred_sphere():
   theirs = metrics.bubble_size_distribution(sphere, 2.0, num_rays=50_000, method="tools21cm")
   assert theirs["method"] == "tools21cm" and ours["method"] == "numpy"
   np.testing.assert_array_equal(theirs["edges"], ours["edges"])
-  assert metrics.bsd_peak_radius(theirs) == pytest.approx(metrics.bsd_peak_radius(ours),
-                                                          rel=0.1)
+  assert metrics.bsd_peak_radius(theirs) == pytest.approx(metrics.bsd_peak_radius(ours), rel=0.1)
   assert theirs["probability"][theirs["edges"][:-1] > 2.0 * 14].sum() == 0.0
 
 
 # -- brightness temperature ----------------------------------------------------------------
+
 
 def test_brightness_temperature_follows_the_formula():
   x_hii = np.array([[[0.0, 0.5, 1.0, 0.25]]])
@@ -148,14 +151,22 @@ def test_tools21cm_brightness_temperature_differs_by_a_constant():
 
 # -- scores of whole maps ------------------------------------------------------------------
 
+
 def test_spectrum_scores_use_only_large_scales():
-  spectrum = {"k": np.array([0.1, 0.4, 0.5, 0.6]), "r_k": np.array([0.99, 0.9, np.nan, 0.1]),
-              "pk_true": np.array([1.0, 1.0, 0.0, 1.0]),
-              "pk_pred": np.array([1.05, 0.8, 1.0, 3.0])}
-  assert metrics.spectrum_scores(spectrum) == pytest.approx({"r_k_min": 0.9,
-                                                             "pk_ratio_max_dev": 0.2})
-  assert metrics.spectrum_scores(spectrum, k_max=0.05) == {"r_k_min": None,
-                                                           "pk_ratio_max_dev": None}
+  spectrum = {
+      "k": np.array([0.1, 0.4, 0.5, 0.6]),
+      "r_k": np.array([0.99, 0.9, np.nan, 0.1]),
+      "pk_true": np.array([1.0, 1.0, 0.0, 1.0]),
+      "pk_pred": np.array([1.05, 0.8, 1.0, 3.0])
+  }
+  assert metrics.spectrum_scores(spectrum) == pytest.approx({
+      "r_k_min": 0.9,
+      "pk_ratio_max_dev": 0.2
+  })
+  assert metrics.spectrum_scores(spectrum, k_max=0.05) == {
+      "r_k_min": None,
+      "pk_ratio_max_dev": None
+  }
 
 
 def _box(seed=6, n=16):
@@ -186,13 +197,11 @@ def test_a_perfect_prediction_scores_perfectly():
 def test_a_shuffled_prediction_loses_the_structure():
   truth, delta = _box()
   shuffled = np.random.default_rng(7).permutation(truth.ravel()).reshape(truth.shape)
-  scores = metrics.map_scores(truth, shuffled, delta, 8.0, 2.381, method="numpy",
-                              num_rays=5000)
+  scores = metrics.map_scores(truth, shuffled, delta, 8.0, 2.381, method="numpy", num_rays=5000)
   assert scores["ionized_fraction_pred"] == scores["ionized_fraction_true"]
   fraction = scores["ionized_fraction_true"]
   # voxels agree by chance: both ionized or both neutral
-  assert scores["ionized_accuracy"] == pytest.approx(fraction ** 2 + (1 - fraction) ** 2,
-                                                     abs=0.03)
+  assert scores["ionized_accuracy"] == pytest.approx(fraction ** 2 + (1 - fraction) ** 2, abs=0.03)
   assert scores["xhii_r_k_min"] < 0.3 and scores["dtb_r_k_min"] < 0.3
   assert scores["xhii_pk_ratio_max_dev"] > 0.5
   assert scores["bsd_peak_ratio"] < 0.7 and scores["bsd_ks_distance"] > 0.2
@@ -200,8 +209,8 @@ def test_a_shuffled_prediction_loses_the_structure():
 
 def test_scores_stay_json_safe_for_constant_maps():
   truth, delta = _box(n=12)
-  scores = metrics.map_scores(truth, np.full(truth.shape, 0.2), delta, 8.0, 2.381,
-                              method="numpy", num_rays=1000)
+  scores = metrics.map_scores(truth, np.full(truth.shape, 0.2), delta, 8.0, 2.381, method="numpy",
+                              num_rays=1000)
   assert scores["xhii_r_k_min"] is None and scores["bsd_peak_radius_pred_mpc"] is None
   assert scores["bsd_peak_ratio"] is None and scores["bsd_ks_distance"] is None
   assert scores["ionized_fraction_pred"] == 0.0
@@ -210,8 +219,7 @@ def test_scores_stay_json_safe_for_constant_maps():
 
 def test_boxes_aggregate_to_the_worst_target_score_and_mean_others():
   first = dict.fromkeys(metrics.MAP_SCORE_KEYS)
-  first.update(xhii_r_k_min=0.9, xhii_pk_ratio_max_dev=0.05, bsd_peak_ratio=1.2,
-               bsd_method="numpy")
+  first.update(xhii_r_k_min=0.9, xhii_pk_ratio_max_dev=0.05, bsd_peak_ratio=1.2, bsd_method="numpy")
   second = dict(first, xhii_r_k_min=0.97, xhii_pk_ratio_max_dev=0.2, bsd_peak_ratio=0.8)
   result = metrics.aggregate_map_scores([first, second])
   assert result["xhii_r_k_min"] == 0.9 and result["xhii_pk_ratio_max_dev"] == 0.2

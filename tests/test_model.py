@@ -17,14 +17,12 @@ from keras_cnn.model import ModelConfig, build_model
 WEEK2_PARAMS = 22_427_809
 WEEK2_FLATTEN = 55_296
 
-EXPECTED_NAMES = (
-    [f"{kind}_{i}" for i in (6, 7, 8, 15, 16, 17)
-     for kind in ("conv3d", "batch_normalization", "leaky_re_lu", "average_pooling_3d")]
-    + ["concatenate", "flatten", "dropout", "dense"]
-    + [f"dense_{i}" for i in range(1, 8)]
-    + [f"dropout_{i}" for i in range(1, 6)]
-    + [f"leaky_re_lu_{i}" for i in range(18, 23)]
-    + ["n_igm", "n_src"])
+EXPECTED_NAMES = ([
+    f"{kind}_{i}" for i in (6, 7, 8, 15, 16, 17)
+    for kind in ("conv3d", "batch_normalization", "leaky_re_lu", "average_pooling_3d")
+] + ["concatenate", "flatten", "dropout", "dense"] + [f"dense_{i}" for i in range(1, 8)] +
+                  [f"dropout_{i}" for i in range(1, 6)] +
+                  [f"leaky_re_lu_{i}" for i in range(18, 23)] + ["n_igm", "n_src"])
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +59,7 @@ def test_week2_names_and_sizes(week2):
 
 def test_inputs_feed_the_original_branches(week2):
   """n_igm reaches conv3d_6 (left), n_src reaches conv3d_15 (right)."""
+
   def upstream_input(layer_name):
     node = week2.get_layer(layer_name)
     seen = node.input
@@ -70,6 +69,7 @@ def test_inputs_feed_the_original_branches(week2):
       if isinstance(layer, keras.layers.InputLayer):
         return layer.name
       seen = layer.input
+
   assert upstream_input("conv3d_6") == "n_igm"
   assert upstream_input("conv3d_15") == "n_src"
 
@@ -89,8 +89,8 @@ SHAPE_CASES = [
 
 @pytest.mark.parametrize("radius,kernel,filters,stride,pool,width", SHAPE_CASES)
 def test_output_shapes(radius, kernel, filters, stride, pool, width):
-  config = ModelConfig(radius=radius, kernel_size=kernel, filters=filters,
-                       stride_conv=stride, kernel_pooling=pool, padding="same")
+  config = ModelConfig(radius=radius, kernel_size=kernel, filters=filters, stride_conv=stride,
+                       kernel_pooling=pool, padding="same")
   model = build_model(config)
   side = 2 * radius + 1
   for name in ("n_igm", "n_src"):
@@ -120,8 +120,10 @@ def test_bad_configs_fail_at_build_time(overrides, message):
 
 def _tiny_inputs(side, seed=0, batch=3):
   rng = np.random.default_rng(seed)
-  return {"n_igm": rng.normal(size=(batch, side, side, side, 1)).astype("float32"),
-          "n_src": rng.poisson(0.3, size=(batch, side, side, side, 1)).astype("float32")}
+  return {
+      "n_igm": rng.normal(size=(batch, side, side, side, 1)).astype("float32"),
+      "n_src": rng.poisson(0.3, size=(batch, side, side, side, 1)).astype("float32")
+  }
 
 
 def test_normalization_travels_in_the_saved_file(tmp_path):
@@ -170,14 +172,18 @@ def test_saved_model_is_shared_across_backends(tmp_path, backend):
   assert keras.backend.backend() == "tensorflow"
   x = _tiny_inputs(7, seed=1)
   np.savez(tmp_path / "x.npz", **x)
-  model = build_model(ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1,
-                                  kernel_pooling=1, padding="same"),
-                      n_igm_stats=(0.5, 2.0), n_src_stats=(0.3, 1.5))
+  model = build_model(
+      ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=1,
+                  padding="same"), n_igm_stats=(0.5, 2.0), n_src_stats=(0.3, 1.5))
   model.save(tmp_path / "tensorflow.keras")
-  subprocess.run([sys.executable, "-c", _CROSS_SCRIPT, str(tmp_path / "tensorflow.keras"),
-                  str(tmp_path / "x.npz"), str(tmp_path)],
-                 env={**os.environ, "KERAS_BACKEND": backend}, check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run([
+      sys.executable, "-c", _CROSS_SCRIPT,
+      str(tmp_path / "tensorflow.keras"),
+      str(tmp_path / "x.npz"),
+      str(tmp_path)
+  ], env={
+      **os.environ, "KERAS_BACKEND": backend
+  }, check=True, capture_output=True, timeout=600)
   there = np.load(tmp_path / f"from_tensorflow_on_{backend}.npy")
   np.testing.assert_allclose(there, model.predict(x, verbose=0), atol=1e-5)
   back = keras.saving.load_model(tmp_path / f"{backend}.keras", safe_mode=True)

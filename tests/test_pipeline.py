@@ -29,8 +29,7 @@ def random_field(shape, seed):
 
 def triple(shape, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.standard_normal(shape).astype(np.float32),
-          rng.poisson(0.1, shape).astype(np.float32),
+  return (rng.standard_normal(shape).astype(np.float32), rng.poisson(0.1, shape).astype(np.float32),
           rng.random(shape, dtype=np.float32))
 
 
@@ -41,17 +40,18 @@ def corner_and_edge_centres(shape):
   return np.array(corners + edges)
 
 
-@pytest.mark.parametrize("shape, radius", [
-    ((16, 16, 16), 3),
-    ((12, 17, 9), 4),   # non-cubic; 2r+1 = 9 is the whole z axis
-    ((7, 11, 5), 4),    # crop longer than two axes: the window wraps more than once
-    ((20, 20, 20), 0),
-])
+@pytest.mark.parametrize(
+    "shape, radius",
+    [
+        ((16, 16, 16), 3),
+        ((12, 17, 9), 4),  # non-cubic; 2r+1 = 9 is the whole z axis
+        ((7, 11, 5), 4),  # crop longer than two axes: the window wraps more than once
+        ((20, 20, 20), 0),
+    ])
 def test_crops_match_reference(shape, radius):
   fields = [random_field(shape, 1), random_field(shape, 2)]
   rng = np.random.default_rng(3)
-  centres = np.concatenate([rng.integers(0, shape, size=(20, 3)),
-                            corner_and_edge_centres(shape)])
+  centres = np.concatenate([rng.integers(0, shape, size=(20, 3)), corner_and_edge_centres(shape)])
   crops = pipeline.periodic_crops(fields, centres, radius)
   assert len(crops) == 2
   for field, crop in zip(fields, crops):
@@ -83,12 +83,12 @@ def test_seed_method_agrees():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(fields=[np.zeros((4, 4, 4)), np.zeros((4, 4, 5))], centres=np.zeros((1, 3), int)),
-     "same shape"),
+    (dict(fields=[np.zeros((4, 4, 4)), np.zeros((4, 4, 5))], centres=np.zeros(
+        (1, 3), int)), "same shape"),
     (dict(fields=np.zeros((4, 4)), centres=np.zeros((1, 3), int)), "must be 3-D"),
     (dict(fields=np.zeros((4, 4, 4)), centres=np.zeros((1, 2), int)), r"shape \(B, 3\)"),
-    (dict(fields=np.zeros((4, 4, 4)), centres=np.zeros((1, 3), int), symmetries=[48]),
-     r"\[0, 48\)"),
+    (dict(fields=np.zeros((4, 4, 4)), centres=np.zeros(
+        (1, 3), int), symmetries=[48]), r"\[0, 48\)"),
 ])
 def test_periodic_crops_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -120,9 +120,8 @@ def test_augmented_crops_apply_same_symmetry_to_both_fields():
                                     np.sort(plain[f][b], axis=None))
 
 
-@pytest.mark.parametrize("length, radius, guard", [(300, 24, None), (64, 4, None),
-                                                   (40, 3, 6), (16, 2, None), (64, 12, None),
-                                                   (128, 15, None)])
+@pytest.mark.parametrize("length, radius, guard", [(300, 24, None), (64, 4, None), (40, 3, 6),
+                                                   (16, 2, None), (64, 12, None), (128, 15, None)])
 def test_split_regions_disjoint_with_guard_bands(length, radius, guard):
   regions = pipeline.split_regions((length, 8, 8), radius, guard=guard)
   assert list(regions) == ["train", "validation", "test"]
@@ -165,12 +164,17 @@ def test_a_64_box_at_the_default_radius_is_refused_with_what_to_pass_instead():
   message = str(error.value)
   assert "\n" not in message
   assert "validation 7, test 7" in message and "train would keep 5 cells" in message
-  for flag in ("--validation_dirs", "--test_dirs", "--validation_redshifts",
-               "--test_redshifts", "--radius=12 or less"):
+  for flag in ("--validation_dirs", "--test_dirs", "--validation_redshifts", "--test_redshifts",
+               "--radius=12 or less"):
     assert flag in message
   regions = pipeline.split_regions((64, 64, 64), 12)
-  assert {name: stop - start for name, (start, stop) in regions.items()} == {
-      "train": 14, "validation": 7, "test": 7}
+  assert {
+      name: stop - start for name, (start, stop) in regions.items()
+  } == {
+      "train": 14,
+      "validation": 7,
+      "test": 7
+  }
 
 
 def test_training_crops_never_reach_other_regions():
@@ -210,8 +214,7 @@ def test_dataset_element_spec_and_values():
     centre_value = inputs["n_igm"][b, 2, 2, 2, 0]
     (x,), (y,), (z,) = np.nonzero(n_igm == centre_value)
     assert target[b, 0] == x_hii[x, y, z]
-    np.testing.assert_array_equal(inputs["n_src"][b, ..., 0],
-                                  reference_crop(n_src, (x, y, z), 2))
+    np.testing.assert_array_equal(inputs["n_src"][b, ..., 0], reference_crop(n_src, (x, y, z), 2))
 
 
 def test_training_stream_deterministic_and_new_each_batch():
@@ -238,8 +241,8 @@ def test_eval_dataset_fixed_ordered_and_finite():
   assert int(ds.cardinality()) == -(-9 * 6 * 5 // 16)
   targets = np.concatenate([y for _, y in ds.as_numpy_iterator()])[:, 0]
   np.testing.assert_array_equal(targets, x_hii.ravel())  # every voxel, C order
-  sub = pipeline.make_dataset([(n_igm, n_src, x_hii)], 1, 16, training=False,
-                              num_examples=40, region=(2, 7), seed=3)
+  sub = pipeline.make_dataset([(n_igm, n_src, x_hii)], 1, 16, training=False, num_examples=40,
+                              region=(2, 7), seed=3)
   a = np.concatenate([x["n_igm"] for x, _ in sub.as_numpy_iterator()])
   b = np.concatenate([x["n_igm"] for x, _ in sub.as_numpy_iterator()])
   assert a.shape == (40, 3, 3, 3, 1)
@@ -253,8 +256,7 @@ def test_several_snapshots_are_all_used():
   big = triple((8, 7, 6), seed=2)
   big = (big[0] + 100.0, big[1], big[2])  # tells the snapshots apart
   ds = pipeline.make_dataset([small, big], 1, 32, training=True, seed=0)
-  values = np.concatenate([x["n_igm"][:, 1, 1, 1, 0] for x, _ in
-                           ds.take(4).as_numpy_iterator()])
+  values = np.concatenate([x["n_igm"][:, 1, 1, 1, 0] for x, _ in ds.take(4).as_numpy_iterator()])
   assert (values > 50).any() and (values < 50).any()
   ev = pipeline.make_dataset([small, big], 1, 50, training=False)
   targets = np.concatenate([y for _, y in ev.as_numpy_iterator()])[:, 0]
@@ -278,10 +280,9 @@ def test_stratified_sampling_balances_bins():
 def test_training_pool_of_num_examples():
   shape = (10, 10, 10)
   n_igm, n_src, x_hii = triple(shape)
-  ds = pipeline.make_dataset([(n_igm, n_src, x_hii)], 1, 64, training=True,
-                             num_examples=5, augment=False)
-  values = np.concatenate([x["n_igm"][:, 1, 1, 1, 0] for x, _ in
-                           ds.take(3).as_numpy_iterator()])
+  ds = pipeline.make_dataset([(n_igm, n_src, x_hii)], 1, 64, training=True, num_examples=5,
+                             augment=False)
+  values = np.concatenate([x["n_igm"][:, 1, 1, 1, 0] for x, _ in ds.take(3).as_numpy_iterator()])
   assert len(np.unique(values)) <= 5
 
 
@@ -295,8 +296,8 @@ def test_volume_dataset_covers_slab_in_c_order():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(fields=[triple((6, 6, 6))[:2] + (np.zeros((6, 6, 5), np.float32),)]),
-     "x_hii of fields\\[0\\] has shape"),
+    (dict(fields=[triple((6, 6, 6))[:2] +
+                  (np.zeros((6, 6, 5), np.float32),)]), "x_hii of fields\\[0\\] has shape"),
     (dict(fields=[triple((6, 6, 6))], batch_size=0), "batch_size"),
     (dict(fields=[triple((6, 6, 6))], region=(4, 9)), "region"),
     (dict(fields=[triple((6, 6, 6))], region="holdout"), "region must be one of"),
@@ -312,8 +313,8 @@ def test_make_dataset_errors(kwargs, message):
 def test_fit_and_predict_on_pipeline_new_centres_each_epoch():
   radius = 4
   config = model_lib.ModelConfig(radius=radius, kernel_size=3, filters=2, stride_conv=1,
-                                 kernel_pooling=2, padding="same",
-                                 dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4))
+                                 kernel_pooling=2, padding="same", dense_units=(8, 8, 8, 8, 8),
+                                 tail_units=(4, 4))
   shape = (16, 12, 10)
   fields = [triple(shape)]
   steps = 3
@@ -332,27 +333,28 @@ def test_fit_and_predict_on_pipeline_new_centres_each_epoch():
   val = pipeline.make_dataset(fields, radius, 4, training=False, num_examples=8)
   model = model_lib.build_model(config)
   model.compile(optimizer="adam", loss="mse", metrics=[mean_target])
-  history = model.fit(train.enumerate().map(position_as_target), epochs=2,
-                      steps_per_epoch=steps, validation_data=val, verbose=0)
+  history = model.fit(train.enumerate().map(position_as_target), epochs=2, steps_per_epoch=steps,
+                      validation_data=val, verbose=0)
   assert np.isfinite(history.history["loss"]).all()
   # Epoch 2 continues the stream (batches 3..5) instead of restarting it (0..2).
   np.testing.assert_allclose(history.history["mean_target"], [1.0, 4.0])
-  predictions = model.predict(pipeline.volume_dataset(fields[0][0], fields[0][1], radius, 64,
-                                                      x_start=0, x_stop=2), verbose=0)
+  predictions = model.predict(
+      pipeline.volume_dataset(fields[0][0], fields[0][1], radius, 64, x_start=0, x_stop=2),
+      verbose=0)
   assert predictions.shape == (2 * 12 * 10, 1)
   assert np.all((predictions >= 0) & (predictions <= 1))
 
 
 @pytest.mark.slow
 def test_512_box_peak_memory_below_twice_fields():
-  result = subprocess.run(
-      [sys.executable, "-m", "keras_cnn.benchmarks.pipeline", "--memory_check",
-       "--memory_cells=512"],
-      capture_output=True, text=True, check=True, timeout=600,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  result = subprocess.run([
+      sys.executable, "-m", "keras_cnn.benchmarks.pipeline", "--memory_check", "--memory_cells=512"
+  ], capture_output=True, text=True, check=True, timeout=600, env={
+      **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"
+  })
   line = [text for text in result.stdout.splitlines() if text.startswith("{")][-1]
   report = json.loads(line)
-  assert report["fields_bytes"] == 3 * 512**3 * 4
+  assert report["fields_bytes"] == 3 * 512 ** 3 * 4
   # Growth of the peak over tensorflow's own baseline (~1 GB of libraries).
   growth = report["peak_rss_bytes"] - report["rss_before_fields_bytes"]
   assert growth < 2 * report["fields_bytes"], report
@@ -390,14 +392,13 @@ def test_patches_hold_their_targets_at_the_centre_of_their_context(augment):
   inputs, targets = next(iter(dataset.as_numpy_iterator()))
   assert inputs["n_igm"].shape == (5, 10, 10, 10, 1)
   blocks = targets.reshape(5, size, size, size)
-  inner = inputs["n_igm"][:, radius:radius + size, radius:radius + size,
-                          radius:radius + size, 0]
+  inner = inputs["n_igm"][:, radius:radius + size, radius:radius + size, radius:radius + size, 0]
   np.testing.assert_array_equal(blocks, inner)
   if not augment:  # the context is the periodic window at the patch corner
     corner = [int(np.flatnonzero(np.isclose(field, inner[0, 0, 0, 0]))[0])]
     x, y, z = np.unravel_index(corner[0], field.shape)
-    index = np.ix_(*[np.arange(c - radius, c + size + radius) % n
-                     for c, n in zip((x, y, z), field.shape)])
+    index = np.ix_(
+        *[np.arange(c - radius, c + size + radius) % n for c, n in zip((x, y, z), field.shape)])
     np.testing.assert_array_equal(inputs["n_igm"][0, ..., 0], field[index])
 
 
@@ -414,5 +415,5 @@ def test_patches_stay_inside_their_slab():
     start, stop = regions[split]
     assert start <= targets.min() and targets.max() < stop, split
   with pytest.raises(ValueError, match="narrower than --patch_size=20"):
-    pipeline.make_patch_dataset([(x_index, x_index, x_index)], radius, 20, 2,
-                                training=True, region="validation")
+    pipeline.make_patch_dataset([(x_index, x_index, x_index)], radius, 20, 2, training=True,
+                                region="validation")

@@ -33,9 +33,11 @@ def tiny_model(seed=0) -> keras.Model:
   keras.utils.set_random_seed(seed)
   model = build_model(TINY, n_igm_stats=(0.0, 0.3), n_src_stats=(0.3, 0.2))
   box = tiny_snapshot(SHAPE)
-  features = keras.Model(model.inputs, model.get_layer("dense_6").output).predict_on_batch({
-      "n_igm": reference_crops(box.n_igm, TINY.radius),
-      "n_src": reference_crops(box.n_src, TINY.radius)})
+  features = keras.Model(model.inputs,
+                         model.get_layer("dense_6").output).predict_on_batch({
+                             "n_igm": reference_crops(box.n_igm, TINY.radius),
+                             "n_src": reference_crops(box.n_src, TINY.radius)
+                         })
   last = model.get_layer("dense_7")
   kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
   logits = np.asarray(features, np.float64) @ kernel
@@ -76,7 +78,8 @@ def test_every_voxel_is_the_model_on_its_periodic_crop(model, box, full_map):
   assert full_map.shape == SHAPE and full_map.dtype == np.float32
   expected = model.predict_on_batch({
       "n_igm": reference_crops(box.n_igm, TINY.radius),
-      "n_src": reference_crops(box.n_src, TINY.radius)})
+      "n_src": reference_crops(box.n_src, TINY.radius)
+  })
   expected = np.asarray(expected).reshape(SHAPE)
   assert np.ptp(expected) > 0.5  # the comparison below can tell voxels apart
   np.testing.assert_allclose(full_map, expected, rtol=1e-5, atol=1e-6)
@@ -88,8 +91,9 @@ def test_slabs_concatenate_to_exactly_the_whole_map(model, box, full_map, num_sh
   slabs = []
   for index in range(num_shards):
     start, stop = inference.shard_bounds(SHAPE[0], num_shards, index)
-    slabs.append(inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH,
-                                        x_start=start, x_stop=stop, progress=False))
+    slabs.append(
+        inference.predict_volume(model, box.n_igm, box.n_src, batch_size=BATCH, x_start=start,
+                                 x_stop=stop, progress=False))
   np.testing.assert_array_equal(np.concatenate(slabs, axis=0), full_map)
 
 
@@ -151,11 +155,12 @@ def test_shards_from_separate_processes_match_one_process(tmp_path, box):
   procs = []
   for index in range(2):
     out = str(tmp_path / "maps" / f"xhii_shard{index}.npy")
-    procs.append((out, subprocess.Popen(
-        [sys.executable, "-m", "keras_cnn.predict", f"--model={model_path}",
-         f"--data_dir={data_dir}", f"--redshift={REDSHIFT}", f"--batch_size={BATCH}",
-         "--num_shards=2", f"--shard_index={index}", f"--out={out}", "--noprogress"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    procs.append((out,
+                  subprocess.Popen([
+                      sys.executable, "-m", "keras_cnn.predict", f"--model={model_path}",
+                      f"--data_dir={data_dir}", f"--redshift={REDSHIFT}", f"--batch_size={BATCH}",
+                      "--num_shards=2", f"--shard_index={index}", f"--out={out}", "--noprogress"
+                  ], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
   shards = []
   for index, (out, proc) in enumerate(procs):
     stdout, stderr = proc.communicate(timeout=300)
@@ -167,7 +172,7 @@ def test_shards_from_separate_processes_match_one_process(tmp_path, box):
   assert sorted(os.listdir(tmp_path / "maps")) == ["xhii_shard0.npy", "xhii_shard1.npy"]
   loaded = inference.load_model(model_path)
   whole = inference.predict_volume(loaded, snapshot_lib.overdensity(box.rho), box.n_src,
-                                 batch_size=BATCH, progress=False)
+                                   batch_size=BATCH, progress=False)
   np.testing.assert_array_equal(np.concatenate(shards, axis=0), whole)
 
 

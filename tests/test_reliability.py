@@ -20,10 +20,10 @@ from keras_cnn import conventions
 from conftest import REPO, REDSHIFT, tiny_snapshot
 
 # A run small enough to finish in seconds: r=2, 2 filters, 2 epochs of 2 steps.
-TINY_RUN = ("--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2",
-            "--kernel_pooling=1", "--stride_conv=1", "--padding=same", "--train_unit=voxel",
-            "--epochs=2", "--steps_per_epoch=2", "--batch_size=8",
-            "--validation_examples=16", "--test_examples=16", "--time_budget_minutes=0")
+TINY_RUN = ("--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
+            "--stride_conv=1", "--padding=same", "--train_unit=voxel", "--epochs=2",
+            "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
+            "--test_examples=16", "--time_budget_minutes=0")
 
 
 def _one_line_error(result, *fragments):
@@ -44,9 +44,11 @@ def _history_epochs(workdir):
 
 def _snapshot_of(folder):
   """{file name: bytes} of every file in `folder`."""
-  return {name: open(os.path.join(folder, name), "rb").read()
-          for name in sorted(os.listdir(folder))
-          if os.path.isfile(os.path.join(folder, name))}
+  return {
+      name: open(os.path.join(folder, name), "rb").read()
+      for name in sorted(os.listdir(folder))
+      if os.path.isfile(os.path.join(folder, name))
+  }
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,13 @@ def finished_run(tmp_path_factory):
   import sys
 
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-         "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
-  result = subprocess.run([sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}",
-                           *TINY_RUN], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
+  env = {
+      **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+      "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+  }
+  result = subprocess.run(
+      [sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}", *TINY_RUN],
+      capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
@@ -74,8 +78,8 @@ def model_and_box(finished_run, snapshot_dir):
 
 # --- Outputs never replace what the command did not create ------------------------------
 
-def test_predict_refuses_an_existing_file_and_its_own_inputs(tmp_path, run_module,
-                                                            model_and_box):
+
+def test_predict_refuses_an_existing_file_and_its_own_inputs(tmp_path, run_module, model_and_box):
   model, data_dir = model_and_box
   existing = tmp_path / "map.npy"
   existing.write_bytes(b"the user's earlier map")
@@ -92,8 +96,7 @@ def test_predict_refuses_an_existing_file_and_its_own_inputs(tmp_path, run_modul
   assert _snapshot_of(data_dir) == inputs_before
 
 
-def test_evaluate_refuses_to_write_into_a_training_workdir(run_module, finished_run,
-                                                          snapshot_dir):
+def test_evaluate_refuses_to_write_into_a_training_workdir(run_module, finished_run, snapshot_dir):
   before = _snapshot_of(finished_run)
   result = run_module("keras_cnn.evaluate",
                       f"--model={os.path.join(finished_run, conventions.MODEL_FILE)}",
@@ -115,6 +118,7 @@ def test_train_refuses_a_folder_it_did_not_create(tmp_path, run_module):
 
 
 # --- A run has an identity ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("changed, named", [
     ("--learning_rate=0.01", "--learning_rate"),
@@ -142,8 +146,9 @@ def test_finished_run_rerun_prints_its_metrics_and_says_so(run_module, finished_
 
 # --- Every state is resumable -----------------------------------------------------------
 
-@pytest.mark.parametrize("step", ["best_saved:0", "backup_weights:0", "backup_weights:1",
-                                  "fit", "scoring", "plots"])
+
+@pytest.mark.parametrize(
+    "step", ["best_saved:0", "backup_weights:0", "backup_weights:1", "fit", "scoring", "plots"])
 def test_killed_at_any_step_the_same_command_finishes(tmp_path, run_module, step):
   """kill -9 right after `step`, then the same command: every epoch logged once."""
   workdir = str(tmp_path / "run")
@@ -167,18 +172,19 @@ def test_a_write_cut_short_by_a_full_disk_is_finished_by_the_next_run(tmp_path):
 
   workdir = str(tmp_path / "run")
   command = [sys.executable, "-m", "keras_cnn.train", f"--workdir={workdir}", *TINY_RUN]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-         "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+  env = {
+      **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+      "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+  }
 
   def full_disk():
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
 
-  cut = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                       env=env, preexec_fn=full_disk)
+  cut = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+                       preexec_fn=full_disk)
   _one_line_error(cut, "File too large", "rerun the same command")
   assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
-  again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                         env=env)
+  again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
   assert again.returncode == 0, again.stderr[-2000:]
   assert _history_epochs(workdir) == [0, 1]
   assert json.loads(again.stdout.strip().splitlines()[-1])["num_voxels"] == 16
@@ -210,12 +216,16 @@ def test_the_documented_tfds_dataset_flag_works(tmp_path, run_module, finished_r
 
 # --- Errors are one line ------------------------------------------------------------------
 
+
 def _write_npy_header(path, shape, dtype="<f4"):
   from numpy.lib import format as npy_format
 
   with open(path, "wb") as stream:
-    npy_format.write_array_header_1_0(
-        stream, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
+    npy_format.write_array_header_1_0(stream, {
+        "descr": dtype,
+        "fortran_order": False,
+        "shape": tuple(shape)
+    })
 
 
 def _break(folder, field, how):
@@ -258,8 +268,8 @@ def _break(folder, field, how):
     ("n_src", "fifo", "not a regular file"),
     ("rho", "sparse_100gb", "memory"),
 ])
-def test_a_bad_snapshot_file_is_one_line_naming_it(tmp_path, run_module, model_and_box,
-                                                   field, how, message):
+def test_a_bad_snapshot_file_is_one_line_naming_it(tmp_path, run_module, model_and_box, field, how,
+                                                   message):
   model, data_dir = model_and_box
   name = _break(data_dir, field, how)
   out = tmp_path / "map.npy"
@@ -297,6 +307,7 @@ def test_garbage_model_file_is_one_line(tmp_path, run_module, model_and_box):
 
 
 # --- Security -----------------------------------------------------------------------------
+
 
 def test_keras_floor_excludes_releases_with_safe_mode_bypasses():
   config = configparser.ConfigParser()

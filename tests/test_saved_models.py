@@ -45,18 +45,19 @@ def test_shipped_model_predicts_an_unseen_box(shipped):
   assert np.all((x_hii >= 0) & (x_hii <= 1))
   score = metrics_lib.regression_metrics(box.x_hii, x_hii)
   assert score["r2"] > 0.7 and abs(score["mean_xhii_pred"] - score["mean_xhii_true"]) < 0.05
-  slab = inference.predict_map(shipped, box.n_igm, box.n_src, engine="per_voxel",
-                               x_start=0, x_stop=2, progress=False)
+  slab = inference.predict_map(shipped, box.n_igm, box.n_src, engine="per_voxel", x_start=0,
+                               x_stop=2, progress=False)
   np.testing.assert_allclose(slab, x_hii[:2], atol=1e-5, rtol=0)
 
 
 def test_predict_command_runs_on_the_shipped_model(tmp_path):
   out = tmp_path / "slab.npy"
-  result = subprocess.run(
-      [sys.executable, "-m", "keras_cnn.predict", f"--model={SHIPPED}", "--dataset=synthetic",
-       "--n_cells=40", "--num_shards=40", "--shard_index=7", f"--out={out}", "--noprogress"],
-      capture_output=True, text=True, timeout=300,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  result = subprocess.run([
+      sys.executable, "-m", "keras_cnn.predict", f"--model={SHIPPED}", "--dataset=synthetic",
+      "--n_cells=40", "--num_shards=40", "--shard_index=7", f"--out={out}", "--noprogress"
+  ], capture_output=True, text=True, timeout=300, env={
+      **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+  })
   assert result.returncode == 0, result.stderr[-2000:]
   assert np.load(out).shape == (1, 40, 40)
   assert "Wrote x_HII map of shape (1, 40, 40)" in result.stdout

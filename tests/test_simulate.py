@@ -120,4 +120,4 @@ def test_128_cubed_time_and_memory():
   tracemalloc.stop()
   assert snap.shape == (128, 128, 128)
   assert seconds < 60.0
-  assert peak < 4 * 2**30
+  assert peak < 4 * 2 ** 30

@@ -63,12 +63,12 @@ BAD_FIELDS = [
      r"\(min -0\.1, max 1\.2\)"),
     ("object array", _with("rho", _object_array()),
      r"rho_z8\.397\.npy: field 'rho' is an object/pickled array"),
-    ("empty array", _with("xHII", np.zeros((0, 8, 8))),
-     r"xHII_z8\.397\.npy: field 'x_hii' is empty \(shape \(0, 8, 8\)\)"),
+    ("empty array", _with("xHII", np.zeros(
+        (0, 8, 8))), r"xHII_z8\.397\.npy: field 'x_hii' is empty \(shape \(0, 8, 8\)\)"),
     ("complex numbers", _with("rho", np.ones((8, 8, 8), np.complex64)),
      r"rho_z8\.397\.npy: field 'rho' has dtype complex64, expected real numbers"),
-    ("zero density", _with("rho", np.zeros((8, 8, 8))),
-     r"rho_z8\.397\.npy: field 'rho' is zero everywhere"),
+    ("zero density", _with("rho", np.zeros(
+        (8, 8, 8))), r"rho_z8\.397\.npy: field 'rho' is zero everywhere"),
 ]
 
 
@@ -120,8 +120,9 @@ def test_folder_problems(tmp_path):
     snapshot_lib.load_snapshot(str(tmp_path / "nowhere"))
   (tmp_path / "empty").mkdir()
   np.save(tmp_path / "empty" / "density.npy", np.ones(3))
-  with pytest.raises(SnapshotError, match=r"no snapshot files; expected rho_z\{z:\.3f\}\.npy.*"
-                     r"found: density\.npy"):
+  with pytest.raises(
+      SnapshotError, match=r"no snapshot files; expected rho_z\{z:\.3f\}\.npy.*"
+      r"found: density\.npy"):
     snapshot_lib.load_snapshot(str(tmp_path / "empty"))
 
 
@@ -157,8 +158,9 @@ def test_non_cubic_box_and_radius(tmp_path, radius, ok):
   if ok:
     assert snapshot_lib.load_snapshot(data_dir, radius=radius).shape == (12, 16, 7)
   else:
-    with pytest.raises(SnapshotError, match=r"rho_z8\.397\.npy: box shape \(12, 16, 7\) is too "
-                       r"small for --radius=4: a crop needs 2r\+1 = 9 cells but axis 2 has 7"):
+    with pytest.raises(
+        SnapshotError, match=r"rho_z8\.397\.npy: box shape \(12, 16, 7\) is too "
+        r"small for --radius=4: a crop needs 2r\+1 = 9 cells but axis 2 has 7"):
       snapshot_lib.load_snapshot(data_dir, radius=radius)
 
 
@@ -174,8 +176,8 @@ def test_save_then_load_round_trips(tmp_path):
   fields = {k: v.astype(np.float32) for k, v in _fields(shape=(6, 8, 10)).items()}
   snap = Snapshot(rho=fields["rho"], n_src=fields["nsrc"], x_hii=fields["xHII"], redshift=7.305)
   written = snapshot_lib.save_snapshot(snap, str(tmp_path / "out"))
-  assert sorted(os.listdir(tmp_path / "out")) == [
-      "nsrc_z7.305.npy", "rho_z7.305.npy", "xHII_z7.305.npy"]
+  assert sorted(os.listdir(tmp_path /
+                           "out")) == ["nsrc_z7.305.npy", "rho_z7.305.npy", "xHII_z7.305.npy"]
   assert written["rho"] == str(tmp_path / "out" / "rho_z7.305.npy")
   loaded = snapshot_lib.load_snapshot(str(tmp_path / "out"))
   for field in ("rho", "n_src", "x_hii"):
@@ -251,9 +253,10 @@ def test_folder_named_like_a_field_is_refused(tmp_path):
     snapshot_lib.load_snapshot(data_dir)
 
 
-@pytest.mark.parametrize("content", [b"density in g/cm^3\n1.0 2.0 3.0\n", b"",
-                                     b"\x80\x04\x95pickle", b"PK\x03\x04 an npz archive"],
-                         ids=["text", "empty", "pickle", "npz"])
+@pytest.mark.parametrize(
+    "content",
+    [b"density in g/cm^3\n1.0 2.0 3.0\n", b"", b"\x80\x04\x95pickle", b"PK\x03\x04 an npz archive"],
+    ids=["text", "empty", "pickle", "npz"])
 def test_non_npy_content_is_refused(tmp_path, content):
   data_dir = _write(tmp_path / "box")
   path = os.path.join(data_dir, "nsrc_z8.397.npy")
@@ -268,8 +271,11 @@ def test_non_npy_content_is_refused(tmp_path, content):
 def _npy_header(path, shape, descr="<f8"):
   """Writes only the .npy header of an array of `shape`; returns the header length."""
   with open(path, "wb") as stream:
-    np.lib.format.write_array_header_1_0(
-        stream, {"descr": descr, "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(stream, {
+        "descr": descr,
+        "fortran_order": False,
+        "shape": shape
+    })
     return stream.tell()
 
 
@@ -299,7 +305,7 @@ def test_sparse_file_larger_than_memory_is_refused_before_allocation(tmp_path, m
   try:
     with open(path, "r+b") as stream:
       stream.truncate(offset + 8 * int(np.prod(BIG_SHAPE)))  # sparse: no blocks written
-    monkeypatch.setattr(formats, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(formats, "available_memory", lambda: 8 * 2 ** 30)
     monkeypatch.setattr(np, "load", None)  # reading would be a bug: fail loudly
     with pytest.raises(SnapshotError) as error:
       snapshot_lib.load_snapshot(data_dir)
@@ -322,9 +328,10 @@ def test_bytes_beyond_the_array_are_refused(tmp_path):
   path = os.path.join(data_dir, "xHII_z8.397.npy")
   with open(path, "ab") as stream:
     stream.write(b"\0" * 8)
-  with pytest.raises(SnapshotError, match=r"xHII_z8\.397\.npy: field 'x_hii' is not a readable "
-                     r"\.npy file \(longer than its header says: .* 4096 bytes, but the file "
-                     r"holds 4104 bytes"):
+  with pytest.raises(
+      SnapshotError, match=r"xHII_z8\.397\.npy: field 'x_hii' is not a readable "
+      r"\.npy file \(longer than its header says: .* 4096 bytes, but the file "
+      r"holds 4104 bytes"):
     snapshot_lib.load_snapshot(data_dir)
 
 
@@ -392,8 +399,9 @@ def test_chained_redshifts_are_an_error(tmp_path):
   np.save(folder / "rho_z8.3970.npy", fields["rho"])
   np.save(folder / "xHII_z8.3974.npy", fields["xHII"])
   np.save(folder / "nsrc_z8.3978.npy", fields["nsrc"])
-  with pytest.raises(SnapshotError, match=r"nsrc_z8\.3978\.npy: redshift 8\.3978 is within "
-                     r"0\.0005 of xHII_z8\.3974\.npy \(z=8\.3974\) but not of the rest"):
+  with pytest.raises(
+      SnapshotError, match=r"nsrc_z8\.3978\.npy: redshift 8\.3978 is within "
+      r"0\.0005 of xHII_z8\.3974\.npy \(z=8\.3974\) but not of the rest"):
     snapshot_lib.load_snapshot(str(folder))
 
 

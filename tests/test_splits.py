@@ -24,8 +24,8 @@ def folders(tmp_path_factory):
   root = tmp_path_factory.mktemp("boxes")
   out = {"main": str(root / "main")}
   for z, mean in MEAN_XHII.items():
-    snapshot_lib.save_snapshot(
-        simulate.simulate_snapshot(N, seed=1, redshift=z, mean_xhii=mean), out["main"])
+    snapshot_lib.save_snapshot(simulate.simulate_snapshot(N, seed=1, redshift=z, mean_xhii=mean),
+                               out["main"])
   for seed in (2, 3):
     out[f"real{seed - 1}"] = str(root / f"real{seed - 1}")
     snapshot_lib.save_snapshot(simulate.simulate_snapshot(N, seed=seed), out[f"real{seed - 1}"])
@@ -33,8 +33,9 @@ def folders(tmp_path_factory):
 
 
 def _load(data_dir=None, redshift=None, **split_flags):
-  split_redshifts = {k[:-len("_redshifts")]: v for k, v in split_flags.items()
-                     if k.endswith("_redshifts")}
+  split_redshifts = {
+      k[:-len("_redshifts")]: v for k, v in split_flags.items() if k.endswith("_redshifts")
+  }
   split_dirs = {k[:-len("_dirs")]: v for k, v in split_flags.items() if k.endswith("_dirs")}
   return splits_lib.load_splits(data_dir, redshift, "synthetic", RADIUS,
                                 split_redshifts=split_redshifts, split_dirs=split_dirs)
@@ -42,15 +43,17 @@ def _load(data_dir=None, redshift=None, **split_flags):
 
 def _got(splits):
   """{split: ([(folder name, z), ...], whole)}."""
-  return {split: ([(os.path.basename(s.name), round(s.redshift, 3)) for s in data.snapshots],
-                  data.region is None)
-          for split, data in splits.items()}
+  return {
+      split: ([(os.path.basename(s.name), round(s.redshift, 3))
+               for s in data.snapshots], data.region is None) for split, data in splits.items()
+  }
 
 
 def test_one_box_alone_is_cut_into_guarded_slabs(folders):
   splits = _load(folders["real1"])
-  assert _got(splits) == {split: ([("real1", 8.397)], False)
-                          for split in ("train", "validation", "test")}
+  assert _got(splits) == {
+      split: ([("real1", 8.397)], False) for split in ("train", "validation", "test")
+  }
   assert len({id(s) for data in splits.values() for s in data.snapshots}) == 1  # loaded once
 
 
@@ -69,30 +72,38 @@ def test_a_redshift_list_or_all_gives_every_split_slabs_of_each(folders):
 def test_splits_with_their_own_snapshots_get_them_whole(folders):
   main = folders["main"]
   splits = _load(main, test_redshifts=(7.305,))
-  assert _got(splits) == {"train": ([("main", 8.397), ("main", 9.5)], False),
-                          "validation": ([("main", 8.397), ("main", 9.5)], False),
-                          "test": ([("main", 7.305)], True)}
+  assert _got(splits) == {
+      "train": ([("main", 8.397), ("main", 9.5)], False),
+      "validation": ([("main", 8.397), ("main", 9.5)], False),
+      "test": ([("main", 7.305)], True)
+  }
   train, validation = splits["train"].region, splits["validation"].region
   assert train[1] + RADIUS <= validation[0] and validation[1] + RADIUS <= N + train[0]
 
   splits = _load(main, train_redshifts=(9.5, 8.397), validation_redshifts=(7.3052,),
                  test_dirs=(folders["real1"],))
-  assert _got(splits) == {"train": ([("main", 9.5), ("main", 8.397)], True),
-                          "validation": ([("main", 7.305)], True),
-                          "test": ([("real1", 8.397)], True)}
+  assert _got(splits) == {
+      "train": ([("main", 9.5), ("main", 8.397)], True),
+      "validation": ([("main", 7.305)], True),
+      "test": ([("real1", 8.397)], True)
+  }
 
 
 def test_realization_folders_per_split(folders):
   splits = _load(folders["main"], 8.397, validation_dirs=(folders["real1"],),
                  test_dirs=(folders["real2"],))
-  assert _got(splits) == {"train": ([("main", 8.397)], True),
-                          "validation": ([("real1", 8.397)], True),
-                          "test": ([("real2", 8.397)], True)}
+  assert _got(splits) == {
+      "train": ([("main", 8.397)], True),
+      "validation": ([("real1", 8.397)], True),
+      "test": ([("real2", 8.397)], True)
+  }
   splits = _load(None, 8.397, train_dirs=(folders["real1"],), validation_dirs=(folders["main"],),
                  test_dirs=(folders["real2"],))
-  assert _got(splits) == {"train": ([("real1", 8.397)], True),
-                          "validation": ([("main", 8.397)], True),
-                          "test": ([("real2", 8.397)], True)}
+  assert _got(splits) == {
+      "train": ([("real1", 8.397)], True),
+      "validation": ([("main", 8.397)], True),
+      "test": ([("real2", 8.397)], True)
+  }
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -104,25 +115,27 @@ def test_realization_folders_per_split(folders):
     (dict(validation_redshifts=(8.397, 9.5), test_redshifts=(7.305,)),
      r"the train split would be empty \(every snapshot --redshift picks of --data_dir=.* "
      r"serves another split\); give it snapshots of its own with --train_redshifts"),
-    (dict(data_dir=None, test_dirs=("{real1}",)),
-     r"the train split would be empty \(no --data_dir is given\)"),
+    (dict(data_dir=None,
+          test_dirs=("{real1}",)), r"the train split would be empty \(no --data_dir is given\)"),
     (dict(data_dir=None, test_redshifts=(7.305,)),
      r"--test_redshifts names snapshots of --data_dir, which is not given"),
-    (dict(redshift=8.397, test_dirs=("{main}",)),
-     r"z=8.397 is named by --redshift and by --test_dirs=.*main;"),
-    (dict(data_dir=None, redshift=8.397, train_dirs=("{real1}",),
-          validation_dirs=("{real2}",), test_dirs=("{real1}/.",)),
-     r"named by --train_dirs=.*real1 and by --test_dirs=.*real1/\."),
+    (dict(redshift=8.397,
+          test_dirs=("{main}",)), r"z=8.397 is named by --redshift and by --test_dirs=.*main;"),
+    (dict(
+        data_dir=None, redshift=8.397, train_dirs=("{real1}",), validation_dirs=("{real2}",),
+        test_dirs=("{real1}/.",)), r"named by --train_dirs=.*real1 and by --test_dirs=.*real1/\."),
     (dict(test_redshifts=(6.0,)),
      r"no snapshot at --test_redshifts=6.000; available: 7.305, 8.397, 9.500"),
     (dict(), r"several redshifts \(7.305, 8.397, 9.500\); train on one with --redshift, on "
-             r"several with --redshift=z1,z2 or --redshift=all"),
+     r"several with --redshift=z1,z2 or --redshift=all"),
     (dict(train_dirs=("{main}",), validation_dirs=("{real1}",), test_dirs=("{real2}",),
           data_dir=None), r"several redshifts .*; pick one with --redshift"),
 ])
 def test_bad_split_choices_fail_in_one_line(folders, kwargs, message):
-  kwargs = {k: tuple(v.format(**folders) for v in value)
-            if k.endswith("_dirs") else value for k, value in kwargs.items()}
+  kwargs = {
+      k: tuple(v.format(**folders) for v in value) if k.endswith("_dirs") else value
+      for k, value in kwargs.items()
+  }
   data_dir = kwargs.pop("data_dir", folders["main"])
   with pytest.raises(errors.UserError, match=message) as error:
     _load(data_dir, **kwargs)
@@ -130,8 +143,8 @@ def test_bad_split_choices_fail_in_one_line(folders, kwargs, message):
 
 
 def test_the_fingerprint_covers_every_folder(folders, tmp_path):
-  config = training.TrainConfig(data=training.DataConfig(
-      data_dir=folders["main"], test_dirs=(folders["real1"],)))
+  config = training.TrainConfig(
+      data=training.DataConfig(data_dir=folders["main"], test_dirs=(folders["real1"],)))
   before = runs.manifest_for(config)["data_fingerprint"]
   assert before != runs.data_fingerprint(folders["main"])
   path = os.path.join(folders["real1"], "nsrc_z8.397.npy")
@@ -150,8 +163,7 @@ def test_split_flags_parse_into_the_data_config(parse_flags):
   values = parse_flags("train", "--data_dir=d", "--redshift=all", "--test_redshifts=7.305",
                        "--validation_dirs=a,b")
   data = train.config_from_flags(values).data
-  assert (data.redshift, data.test_redshifts, data.validation_dirs) == (
-      "all", (7.305,), ("a", "b"))
+  assert (data.redshift, data.test_redshifts, data.validation_dirs) == ("all", (7.305,), ("a", "b"))
   assert data.train_redshifts is None and data.train_dirs is None
   assert train.config_from_flags(parse_flags("train", "--redshift=8.397")).data.redshift == 8.397
   values = parse_flags("train", "--redshift=9.5,7.305")
@@ -163,8 +175,8 @@ def test_split_flags_parse_into_the_data_config(parse_flags):
 
 
 def test_evaluate_and_predict_read_several_snapshots_of_a_folder(folders):
-  for redshift, want in ((None, [8.397]), ((9.5, 7.305), [9.5, 7.305]),
-                         ("all", [7.305, 8.397, 9.5])):
+  for redshift, want in ((None, [8.397]), ((9.5, 7.305), [9.5, 7.305]), ("all", [7.305, 8.397,
+                                                                                 9.5])):
     folder = folders["real1"] if redshift is None else folders["main"]
     boxes = splits_lib.load_box(folder, redshift, "synthetic", radius=RADIUS)
     assert [round(box.redshift, 3) for box in boxes] == want
@@ -174,10 +186,16 @@ def test_one_small_box_at_the_default_radius_is_refused_in_one_line(snapshot_dir
   from conftest import tiny_snapshot
 
   folder = snapshot_dir(tiny_snapshot((64, 32, 32)))
-  with pytest.raises(errors.UserError, match=r"train would keep 5 cells; give validation "
-                     r"and test snapshots of their own .*--radius=12 or less") as error:
+  with pytest.raises(
+      errors.UserError, match=r"train would keep 5 cells; give validation "
+      r"and test snapshots of their own .*--radius=12 or less") as error:
     splits_lib.load_splits(folder, None, "synthetic", 15)
   assert "\n" not in str(error.value)
   splits = splits_lib.load_splits(folder, None, "synthetic", 12)
-  assert {split: data.region for split, data in splits.items()} == {
-      "train": (0, 14), "validation": (26, 33), "test": (45, 52)}
+  assert {
+      split: data.region for split, data in splits.items()
+  } == {
+      "train": (0, 14),
+      "validation": (26, 33),
+      "test": (45, 52)
+  }

@@ -11,13 +11,20 @@ from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.datasets import reionization_boxes
 from keras_cnn.datasets.reionization_boxes import reionization_boxes_dataset_builder as rb
 
-
 # An equivalent of tfds.testing.DatasetBuilderTestCase (which needs `dill`, not a
 # dependency): build into a temporary data_dir, then check registration, split sizes,
 # feature shapes and dtypes, disjoint splits, key hygiene and a reload.
 BUILD_CASES = [
-    ("synthetic_16", {"train": 2, "validation": 1, "test": 1}, (16, 16, 16)),
-    ("manual", {"train": 2, "validation": 1, "test": 1}, (8, 8, 6)),
+    ("synthetic_16", {
+        "train": 2,
+        "validation": 1,
+        "test": 1
+    }, (16, 16, 16)),
+    ("manual", {
+        "train": 2,
+        "validation": 1,
+        "test": 1
+    }, (8, 8, 6)),
 ]
 
 
@@ -31,8 +38,8 @@ def test_builder_is_registered():
 def test_build_on_dummy_data(tmp_path, config, splits, shape):
   dummy = pathlib.Path(rb.__file__).parent / "dummy_data"
   builder = rb.Builder(config=config, data_dir=str(tmp_path))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(dummy), try_download_gcs=False))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(dummy), try_download_gcs=False))
   contents = {}
   for split, count in splits.items():
     examples = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
@@ -54,8 +61,8 @@ def test_build_on_dummy_data(tmp_path, config, splits, shape):
 
 
 def test_synthetic_examples_are_the_simulator_boxes(tmp_path):
-  snaps = reionization_boxes.load_tfds_snapshots(
-      "reionization_boxes/synthetic_16", "validation", data_dir=str(tmp_path))
+  snaps = reionization_boxes.load_tfds_snapshots("reionization_boxes/synthetic_16", "validation",
+                                                 data_dir=str(tmp_path))
   seed = simulate.split_seeds(0, 2, 1, 1)["validation"][0]
   expected = simulate.simulate_snapshot(16, seed=seed)
   assert len(snaps) == 1
@@ -76,9 +83,9 @@ def test_manual_config_reads_a_flat_folder_of_non_cubic_boxes(tmp_path):
   first = _write(manual, seed=1, redshift=8.397)
   _write(manual, seed=2, redshift=7.305)
   _write(manual / "run2", seed=3, redshift=8.397)
-  snaps = reionization_boxes.load_tfds_snapshots(
-      "reionization_boxes/manual", "train", data_dir=str(tmp_path / "tfds"),
-      manual_dir=str(manual))
+  snaps = reionization_boxes.load_tfds_snapshots("reionization_boxes/manual", "train",
+                                                 data_dir=str(tmp_path / "tfds"),
+                                                 manual_dir=str(manual))
   keys = sorted(s.name.rsplit(":", 1)[1] for s in snaps)
   assert keys == ["run2/z8.397", "z7.305", "z8.397"]
   by_key = {s.name.rsplit(":", 1)[1]: s for s in snaps}
@@ -95,21 +102,20 @@ def test_manual_config_stops_on_a_bad_file(tmp_path):
   np.save(manual / "xHII_z8.397.npy", xhii)
   with pytest.raises(snapshot_lib.SnapshotError,
                      match=r"xHII_z8\.397\.npy: field 'x_hii' is outside \[0, 1\]"):
-    reionization_boxes.load_tfds_snapshots(
-        "reionization_boxes/manual", "train", data_dir=str(tmp_path / "tfds"),
-        manual_dir=str(manual))
+    reionization_boxes.load_tfds_snapshots("reionization_boxes/manual", "train",
+                                           data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
 
 
 def test_manual_config_without_snapshots_lists_expected_files(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
   (manual / "notes.txt").write_text("no boxes here")
-  with pytest.raises(FileNotFoundError,
-                     match=r"No snapshot in manual_dir .*manual: expected .*rho_z\{z:\.3f\}\.npy, "
-                           r".*nsrc_z\{z:\.3f\}\.npy, .*xHII_z\{z:\.3f\}\.npy"):
-    reionization_boxes.load_tfds_snapshots(
-        "reionization_boxes/manual", "train", data_dir=str(tmp_path / "tfds"),
-        manual_dir=str(manual))
+  with pytest.raises(
+      FileNotFoundError,
+      match=r"No snapshot in manual_dir .*manual: expected .*rho_z\{z:\.3f\}\.npy, "
+      r".*nsrc_z\{z:\.3f\}\.npy, .*xHII_z\{z:\.3f\}\.npy"):
+    reionization_boxes.load_tfds_snapshots("reionization_boxes/manual", "train",
+                                           data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
 
 
 def test_dataset_flag_path_loads_tfds_splits(tmp_path):

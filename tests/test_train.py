@@ -15,11 +15,9 @@ from keras_cnn.model import ModelConfig
 
 TINY = training.TrainConfig(
     model=ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
-                      padding="same",
-                      dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4)),
-    data=training.DataConfig(n_cells=16),
-    batch_size=8, epochs=3, steps_per_epoch=3, validation_examples=32, test_examples=64,
-    patience=0, time_budget_minutes=0, train_unit="voxel")
+                      padding="same", dense_units=(8, 8, 8, 8, 8), tail_units=(4, 4)),
+    data=training.DataConfig(n_cells=16), batch_size=8, epochs=3, steps_per_epoch=3,
+    validation_examples=32, test_examples=64, patience=0, time_budget_minutes=0, train_unit="voxel")
 
 ARTIFACTS = ("model.keras", "metrics.json", "history.csv", "flags.txt", "history.png",
              "pred_vs_true.png")
@@ -73,6 +71,7 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
   started = []
 
   class Record(keras.callbacks.Callback):
+
     def on_epoch_begin(self, epoch, logs=None):
       started.append(epoch)
 
@@ -93,11 +92,12 @@ def test_finished_workdir_is_not_trained_again(tmp_path):
 def test_main_prints_the_test_metrics(tmp_path, capsys):
   from absl import flags
   from keras_cnn import train
-  flags.FLAGS(["train", f"--workdir={tmp_path}", "--n_cells=16", "--radius=2",
-               "--kernel_size=3", "--filters=2", "--kernel_pooling=1", "--stride_conv=1",
-               "--padding=same", "--train_unit=voxel", "--epochs=1",
-               "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
-               "--test_examples=16"])
+  flags.FLAGS([
+      "train", f"--workdir={tmp_path}", "--n_cells=16", "--radius=2", "--kernel_size=3",
+      "--filters=2", "--kernel_pooling=1", "--stride_conv=1", "--padding=same",
+      "--train_unit=voxel", "--epochs=1", "--steps_per_epoch=2", "--batch_size=8",
+      "--validation_examples=16", "--test_examples=16"
+  ])
   try:
     train.main(["train"])
   finally:
@@ -105,13 +105,13 @@ def test_main_prints_the_test_metrics(tmp_path, capsys):
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(line)["num_voxels"] == 16
   assert "--radius=2" in open(tmp_path / "flags.txt").read()
-  np.testing.assert_allclose(json.loads(line)["r2"],
-                             json.load(open(tmp_path / "metrics.json"))["r2"])
+  np.testing.assert_allclose(
+      json.loads(line)["r2"],
+      json.load(open(tmp_path / "metrics.json"))["r2"])
 
 
-PATCH = dataclasses.replace(
-    TINY, model=dataclasses.replace(TINY.model, radius=3, padding="valid"),
-    train_unit="patch", patch_size=4, batch_size=2, validation_patches=3)
+PATCH = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, radius=3, padding="valid"),
+                            train_unit="patch", patch_size=4, batch_size=2, validation_patches=3)
 
 
 @pytest.mark.backend
@@ -129,12 +129,10 @@ def test_patch_training_saves_a_per_voxel_model_both_engines_agree_on(tmp_path):
   model = inference.load_model(os.path.join(workdir, "model.keras"))
   assert isinstance(model, keras.Model) and model.name == "keras_cnn"
   assert model.get_layer("n_igm").batch_shape == (None, 7, 7, 7, 1)
-  assert {"conv3d_6", "conv3d_17", "dense", "dense_7"} <= {l.name for l in model.layers}
+  assert {"conv3d_6", "conv3d_17", "dense", "dense_7"} <= {layer.name for layer in model.layers}
   box = simulate.synthetic_splits(n_cells=16, seed=0)["test"][0]
-  by_dense = inference.predict_map(model, box.n_igm, box.n_src, engine="dense",
-                                   progress=False)
-  by_voxel = inference.predict_map(model, box.n_igm, box.n_src, engine="per_voxel",
-                                   progress=False)
+  by_dense = inference.predict_map(model, box.n_igm, box.n_src, engine="dense", progress=False)
+  by_voxel = inference.predict_map(model, box.n_igm, box.n_src, engine="per_voxel", progress=False)
   np.testing.assert_allclose(by_dense, by_voxel, atol=1e-5, rtol=0)
   assert metrics["r2"] == pytest.approx(
       1 - np.mean((by_dense - box.x_hii) ** 2) / np.var(box.x_hii), abs=1e-4)
@@ -160,8 +158,9 @@ def test_cosine_schedule_decays_to_zero_over_the_steps():
   for step in range(5):
     schedule.on_train_batch_begin(step)
     rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
-  np.testing.assert_allclose(rates, [0.01, 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.005,
-                                     0.01 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0], atol=1e-7)
+  np.testing.assert_allclose(rates, [
+      0.01, 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.005, 0.01 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0
+  ], atol=1e-7)
   with pytest.raises(ValueError, match="--loss must be one of"):
     training.compile_model(model, 0.01, False, loss="huber")
 
@@ -209,8 +208,8 @@ def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path, snapshot_dir):
   from keras_cnn.data import simulate
 
   data_dir = snapshot_dir(simulate.synthetic_splits(n_cells=(24, 12, 12), seed=0)["train"][0])
-  config = dataclasses.replace(PATCH, data=training.DataConfig(data_dir=data_dir),
-                               patch_size=6, epochs=1)
+  config = dataclasses.replace(PATCH, data=training.DataConfig(data_dir=data_dir), patch_size=6,
+                               epochs=1)
   metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
   # test slab: 10% of the 24 planes, rounded up, scored on every voxel
   assert metrics["num_voxels"] == 3 * 12 * 12
@@ -227,8 +226,7 @@ def test_train_reads_the_layout_flags_and_records_them(tmp_path, parse_flags, sn
   data_dir = snapshot_dir(box)
   with open(os.path.join(data_dir, "8.397n_all.dat"), "wb") as stream:  # a CubeP3M density
     stream.write(np.array(box.shape, np.int32).tobytes() + (box.rho * 2).tobytes("F"))
-  values = parse_flags("train", f"--data_dir={data_dir}", "--data_format=npy",
-                       "--box_size_mpc=244")
+  values = parse_flags("train", f"--data_dir={data_dir}", "--data_format=npy", "--box_size_mpc=244")
   parsed = train.config_from_flags(values)
   assert (parsed.data.data_format, parsed.data.box_size_mpc) == ("npy", 244.0)
   settings = runs.manifest_for(parsed)["settings"]
@@ -250,8 +248,8 @@ def test_training_on_several_snapshots_scores_the_whole_test_snapshot(tmp_path, 
   from keras_cnn.data import simulate
 
   for z, mean_xhii in ((7.305, 0.7), (8.397, 0.5), (9.5, 0.3)):
-    data_dir = snapshot_dir(simulate.simulate_snapshot(16, seed=4, redshift=z,
-                                                       mean_xhii=mean_xhii), name="boxes")
+    data_dir = snapshot_dir(simulate.simulate_snapshot(16, seed=4, redshift=z, mean_xhii=mean_xhii),
+                            name="boxes")
   data = training.DataConfig(data_dir=data_dir, test_redshifts=(7.305,))
   config = dataclasses.replace(PATCH, data=data, epochs=1)
   workdir = str(tmp_path / "run")

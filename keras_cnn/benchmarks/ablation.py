@@ -66,8 +66,8 @@ def main(argv):
   unknown = [r for r in _ROWS.value if r not in ROWS]
   if unknown:
     raise app.UsageError(f"Unknown rows {unknown}; choose from {sorted(ROWS)}")
-  base = dataclasses.replace(train.config_from_flags(FLAGS),
-                             time_budget_minutes=_BUDGET.value, epochs=1000, patience=0)
+  base = dataclasses.replace(train.config_from_flags(FLAGS), time_budget_minutes=_BUDGET.value,
+                             epochs=1000, patience=0)
   for name in _ROWS.value:
     config = row_config(base, ROWS[name])
     workdir = os.path.join(FLAGS.workdir, name)
@@ -81,16 +81,27 @@ def main(argv):
       seconds = time.monotonic() - start
     epochs = len(io_utils.read_history(os.path.join(workdir, conventions.HISTORY_FILE)))
     m = config.model
-    print(json.dumps({
-        "row": name, "radius": m.radius, "filters": m.filters, "kernel_size": m.kernel_size,
-        "stride_conv": m.stride_conv, "kernel_pooling": m.kernel_pooling,
-        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-        "augment": config.augment, "source_transform": m.source_transform,
-        "stratify_bins": config.stratify_bins, "epochs": epochs,
-        "budget_minutes": _BUDGET.value, "wall_s": seconds,
-        "r2": round(metrics["r2"], 4), "mse": metrics["mse"],
-        "mean_xhii_true": round(metrics["mean_xhii_true"], 4),
-        "mean_xhii_pred": round(metrics["mean_xhii_pred"], 4)}), flush=True)
+    print(
+        json.dumps({
+            "row": name,
+            "radius": m.radius,
+            "filters": m.filters,
+            "kernel_size": m.kernel_size,
+            "stride_conv": m.stride_conv,
+            "kernel_pooling": m.kernel_pooling,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "augment": config.augment,
+            "source_transform": m.source_transform,
+            "stratify_bins": config.stratify_bins,
+            "epochs": epochs,
+            "budget_minutes": _BUDGET.value,
+            "wall_s": seconds,
+            "r2": round(metrics["r2"], 4),
+            "mse": metrics["mse"],
+            "mean_xhii_true": round(metrics["mean_xhii_true"], 4),
+            "mean_xhii_pred": round(metrics["mean_xhii_pred"], 4)
+        }), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,16 @@ def main(argv) -> None:
   zeta = simulate.solve_efficiency(full, cell_ratio, float(box.x_hii.mean()))
   radii = simulate.smoothing_radii(cell, mfp)
   for radius in (int(r) for r in FLAGS.radii):
-    ratio, _ = simulate.ionizing_ratio(box.rho, box.n_src, cell, mfp,
-                                       max_sphere_mpc=radius * cell)
+    ratio, _ = simulate.ionizing_ratio(box.rho, box.n_src, cell, mfp, max_sphere_mpc=radius * cell)
     pred = simulate.ionized_fraction(ratio, cell_ratio, zeta)
     r2 = 1.0 - float(np.mean((pred - box.x_hii) ** 2) / np.var(box.x_hii))
-    print(json.dumps({"radius_cells": radius, "spheres_kept": int((radii <= radius * cell).sum()),
-                      "spheres_total": len(radii), "r2": round(r2, 4)}), flush=True)
+    print(
+        json.dumps({
+            "radius_cells": radius,
+            "spheres_kept": int((radii <= radius * cell).sum()),
+            "spheres_total": len(radii),
+            "r2": round(r2, 4)
+        }), flush=True)
 
 
 if __name__ == "__main__":

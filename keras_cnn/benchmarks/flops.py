@@ -32,9 +32,10 @@ def _head_flops(width: int, dense_units: Sequence[int], tail_units: Sequence[int
   return flops
 
 
-def model_flops(radius: int, filters: int, kernel_size: int = 5, stride_conv: int = 1,
-                kernel_pooling: int = 2, dense_units: Sequence[int] = (256, 128, 64, 32, 16),
-                tail_units: Sequence[int] = (8, 4)) -> Dict[str, float]:
+def model_flops(
+    radius: int, filters: int, kernel_size: int = 5, stride_conv: int = 1, kernel_pooling: int = 2,
+    dense_units: Sequence[int] = (256, 128, 64, 32, 16), tail_units: Sequence[int] = (8, 4)
+) -> Dict[str, float]:
   """FLOPs per example of the per-voxel network with 'same' padding.
 
   Returns:
@@ -53,8 +54,12 @@ def model_flops(radius: int, filters: int, kernel_size: int = 5, stride_conv: in
   useful *= 2  # two branches
   nominal *= 2
   dense = _head_flops(2 * filters * side ** 3, dense_units, tail_units)
-  return {"forward": useful + dense, "forward_nominal": nominal + dense,
-          "train": 3 * (useful + dense), "train_nominal": 3 * (nominal + dense)}
+  return {
+      "forward": useful + dense,
+      "forward_nominal": nominal + dense,
+      "train": 3 * (useful + dense),
+      "train_nominal": 3 * (nominal + dense)
+  }
 
 
 def conv_output_sides(config: model_lib.ModelConfig) -> list:

@@ -35,7 +35,7 @@ def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   """Coefficient of determination, 1 - SSE / SST."""
   y_true = np.asarray(y_true, dtype=np.float64).ravel()
   y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-  return float(1.0 - np.sum((y_true - y_pred)**2) / np.sum((y_true - y_true.mean())**2))
+  return float(1.0 - np.sum((y_true - y_pred) ** 2) / np.sum((y_true - y_true.mean()) ** 2))
 
 
 def binned_conditional_mean(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -66,8 +66,8 @@ def binned_conditional_mean(train_x: np.ndarray, train_y: np.ndarray, test_x: np
   return np.where(found, sums[position] / counts[position], float(np.mean(train_y)))
 
 
-def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                  l2: float = 1e-3, quadratic: bool = False) -> np.ndarray:
+def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, l2: float = 1e-3,
+                  quadratic: bool = False) -> np.ndarray:
   """Standardized ridge regression (optionally with all pairwise products), clipped to [0, 1]."""
   if quadratic:
     rows, cols = np.triu_indices(train_x.shape[1])
@@ -105,9 +105,8 @@ def photon_budget(snapshot: Snapshot, radii_cells: Sequence[float]) -> np.ndarra
 
 
 def run_benchmark(n_cells: int = 64, seed: int = 0,
-                  radii_cells: Sequence[float] = DEFAULT_RADII_CELLS,
-                  train_voxels: int = 65536, local_bins: int = 32, budget_bins: int = 64,
-                  **simulate_kwargs) -> dict:
+                  radii_cells: Sequence[float] = DEFAULT_RADII_CELLS, train_voxels: int = 65536,
+                  local_bins: int = 32, budget_bins: int = 64, **simulate_kwargs) -> dict:
   """Scores local and neighbourhood predictors on an independent realization.
 
   Args:
@@ -139,11 +138,10 @@ def run_benchmark(n_cells: int = 64, seed: int = 0,
   }
   local = slice(0, 2)
 
-  local_pred = binned_conditional_mean(
-      features["raw", "train"][:, local], train_y, features["raw", "test"][:, local], local_bins)
-  neighbourhood_pred = ridge_predict(
-      features["log1p", "train"][subset], train_y[subset], features["log1p", "test"],
-      quadratic=True)
+  local_pred = binned_conditional_mean(features["raw", "train"][:, local], train_y,
+                                       features["raw", "test"][:, local], local_bins)
+  neighbourhood_pred = ridge_predict(features["log1p", "train"][subset], train_y[subset],
+                                     features["log1p", "test"], quadratic=True)
   budget_pred = binned_conditional_mean(
       photon_budget(train, radii_cells)[:, None], train_y,
       photon_budget(test, radii_cells)[:, None], budget_bins)
@@ -151,9 +149,11 @@ def run_benchmark(n_cells: int = 64, seed: int = 0,
   linear = {}
   for name in ("raw", "log1p"):
     for scope, columns in (("local", local), ("multiscale", slice(None))):
-      linear[f"{scope}_linear_r2_{name}"] = round(r2_score(test_y, ridge_predict(
-          features[name, "train"][subset][:, columns], train_y[subset],
-          features[name, "test"][:, columns])), 4)
+      linear[f"{scope}_linear_r2_{name}"] = round(
+          r2_score(
+              test_y,
+              ridge_predict(features[name, "train"][subset][:, columns], train_y[subset],
+                            features[name, "test"][:, columns])), 4)
 
   return {
       "n_cells": n_cells,
@@ -182,10 +182,10 @@ def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  record = run_benchmark(
-      n_cells=FLAGS.n_cells, seed=FLAGS.seed,
-      radii_cells=[float(r) for r in FLAGS.radii_cells], train_voxels=FLAGS.train_voxels,
-      mean_xhii=FLAGS.mean_xhii, mfp_mpc=FLAGS.mfp_mpc, redshift=FLAGS.redshift)
+  record = run_benchmark(n_cells=FLAGS.n_cells, seed=FLAGS.seed,
+                         radii_cells=[float(r) for r in FLAGS.radii_cells],
+                         train_voxels=FLAGS.train_voxels, mean_xhii=FLAGS.mean_xhii,
+                         mfp_mpc=FLAGS.mfp_mpc, redshift=FLAGS.redshift)
   print(json.dumps(record), flush=True)
 
 
@@ -198,8 +198,8 @@ if __name__ == "__main__":
   flags.DEFINE_list("radii_cells", [str(r) for r in DEFAULT_RADII_CELLS],
                     "Top-hat radii (cells) of the neighbourhood features.")
   flags.DEFINE_integer("train_voxels", 65536, "Train voxels for the ridge fits.", lower_bound=100)
-  flags.DEFINE_float("mean_xhii", 0.5, "Mean ionized fraction of the boxes.",
-                     lower_bound=0.01, upper_bound=0.99)
+  flags.DEFINE_float("mean_xhii", 0.5, "Mean ionized fraction of the boxes.", lower_bound=0.01,
+                     upper_bound=0.99)
   flags.DEFINE_float("mfp_mpc", 50.0, "Photon mean free path (cMpc).", lower_bound=0.0)
   flags.DEFINE_float("redshift", 8.397, "Snapshot redshift.", lower_bound=0.0)
   app.run(main)

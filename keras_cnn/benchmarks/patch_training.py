@@ -25,8 +25,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   flags.DEFINE_list("patch_sizes", ["16", "32"], "Patch sides P to measure.")
-  flags.DEFINE_integer("patch_batch", 4, "Patches per step (P=16; scaled by (16/P)^3, "
-                       "at least 1, for larger patches).")
+  flags.DEFINE_integer(
+      "patch_batch", 4, "Patches per step (P=16; scaled by (16/P)^3, "
+      "at least 1, for larger patches).")
   flags.DEFINE_integer("voxel_batch", 64, "Crops per step of the per-voxel baseline.")
   flags.DEFINE_integer("steps", 8, "Timed steps per line.")
   flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
@@ -55,8 +56,7 @@ def main(argv) -> None:
   from keras_cnn import model as model_lib
   from keras_cnn import training
 
-  precision = (distribute.default_precision() if FLAGS.precision == "auto"
-               else FLAGS.precision)
+  precision = (distribute.default_precision() if FLAGS.precision == "auto" else FLAGS.precision)
   keras.config.set_dtype_policy(precision)
   config = model_lib.ModelConfig()
   rng = np.random.default_rng(0)
@@ -64,8 +64,10 @@ def main(argv) -> None:
 
   def inputs(batch, side):
     shape = (batch,) + (side,) * 3 + (1,)
-    return {"n_igm": rng.normal(size=shape).astype(np.float32),
-            "n_src": rng.poisson(0.2, size=shape).astype(np.float32)}
+    return {
+        "n_igm": rng.normal(size=shape).astype(np.float32),
+        "n_src": rng.poisson(0.2, size=shape).astype(np.float32)
+    }
 
   model = model_lib.build_model(config)
   training.compile_model(model, 1e-3, jit)
@@ -73,11 +75,19 @@ def main(argv) -> None:
   y = rng.random((FLAGS.voxel_batch, 1)).astype(np.float32)
   step_s = _median_step(lambda: model.train_on_batch(x, y), FLAGS.steps)
   baseline = FLAGS.voxel_batch / step_s
-  common = {"network": "default", "radius": config.radius, "precision": precision,
-            "backend": keras.backend.backend()}
-  print(json.dumps({**common, "unit": "voxel", "batch": FLAGS.voxel_batch,
-                    "step_s": round(step_s, 4), "target_voxels_per_s": round(baseline, 1)}),
-        flush=True)
+  common = {
+      "network": "default",
+      "radius": config.radius,
+      "precision": precision,
+      "backend": keras.backend.backend()
+  }
+  print(
+      json.dumps({
+          **common, "unit": "voxel",
+          "batch": FLAGS.voxel_batch,
+          "step_s": round(step_s, 4),
+          "target_voxels_per_s": round(baseline, 1)
+      }), flush=True)
   for size in (int(p) for p in FLAGS.patch_sizes):
     batch = max(1, round(FLAGS.patch_batch * (16 / size) ** 3))
     model = model_lib.build_model(config)
@@ -87,9 +97,15 @@ def main(argv) -> None:
     y = rng.random((batch * size ** 3, 1)).astype(np.float32)
     step_s = _median_step(lambda: twin.train_on_batch(x, y), FLAGS.steps)
     rate = batch * size ** 3 / step_s
-    print(json.dumps({**common, "unit": "patch", "patch_size": size, "batch": batch,
-                      "step_s": round(step_s, 4), "target_voxels_per_s": round(rate, 1),
-                      "speedup": round(rate / baseline, 1)}), flush=True)
+    print(
+        json.dumps({
+            **common, "unit": "patch",
+            "patch_size": size,
+            "batch": batch,
+            "step_s": round(step_s, 4),
+            "target_voxels_per_s": round(rate, 1),
+            "speedup": round(rate / baseline, 1)
+        }), flush=True)
 
 
 if __name__ == "__main__":

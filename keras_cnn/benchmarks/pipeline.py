@@ -37,8 +37,7 @@ cli_flags.define_data_flags()
 
 _BOX_CELLS = flags.DEFINE_integer("box_cells", 300, "Side of the random test box.")
 _RADII = flags.DEFINE_list("radii", ["4", "12", "24"], "Crop radii to time.")
-_MIN_SECONDS = flags.DEFINE_float("min_seconds", 2.0,
-                                  "Minimum duration of each timed run.")
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 2.0, "Minimum duration of each timed run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per method; the best counts.")
 _CROP_BATCH = flags.DEFINE_integer("crop_batch", 64, "Centres per periodic_crops call.")
 _SEED_MAX_CROPS = flags.DEFINE_integer(
@@ -49,18 +48,18 @@ _FIT_PRESET = flags.DEFINE_string(
     "Flagfile whose model sizes and --batch_size the fit line uses; '' (or a missing "
     "file) uses the model/data flags as given (their defaults are the CPU preset).")
 _FIT_STEPS = flags.DEFINE_integer("fit_steps", 20, "Steps per timed fit epoch.")
-_FIT_EPOCHS = flags.DEFINE_integer(
-    "fit_epochs", 2, "Timed epochs per fit call (after one warm-up epoch).")
-_FIT_ROUNDS = flags.DEFINE_integer(
-    "fit_rounds", 2, "Alternating rounds of (cached, pipeline) fit calls.")
-_MEMORY_CHECK = flags.DEFINE_boolean(
-    "memory_check", False, "Only run the large-box peak-memory check.")
+_FIT_EPOCHS = flags.DEFINE_integer("fit_epochs", 2,
+                                   "Timed epochs per fit call (after one warm-up epoch).")
+_FIT_ROUNDS = flags.DEFINE_integer("fit_rounds", 2,
+                                   "Alternating rounds of (cached, pipeline) fit calls.")
+_MEMORY_CHECK = flags.DEFINE_boolean("memory_check", False,
+                                     "Only run the large-box peak-memory check.")
 _MEMORY_CELLS = flags.DEFINE_integer("memory_cells", 512, "Box side of the memory check.")
 _MEMORY_RADIUS = flags.DEFINE_integer("memory_radius", 24, "Crop radius of the memory check.")
 _CENTRE_SEED = flags.DEFINE_integer("centre_seed", 0, "Seed of fields and centres.")
 
-for _name in ("box_cells", "min_seconds", "repeats", "crop_batch", "seed_max_crops",
-              "fit_steps", "fit_epochs", "fit_rounds", "memory_cells"):
+for _name in ("box_cells", "min_seconds", "repeats", "crop_batch", "seed_max_crops", "fit_steps",
+              "fit_epochs", "fit_rounds", "memory_cells"):
   flags.register_validator(_name, lambda v: v > 0, message=f"--{_name} must be > 0")
 
 
@@ -125,9 +124,10 @@ def crop_rates(fields, radius: int, min_seconds: float, repeats: int, crop_batch
     def step():
       b = next(counter) % num_batches
       chunk = slice(b * crop_batch, (b + 1) * crop_batch)
-      pipeline.periodic_crops(pair, pool[chunk], radius,
-                              symmetries[chunk] if augment else None, out=crop_buffers)
+      pipeline.periodic_crops(pair, pool[chunk], radius, symmetries[chunk] if augment else None,
+                              out=crop_buffers)
       return 2 * crop_batch
+
     return _timed_loop(step, min_seconds)
 
   padded = [np.pad(f, radius, mode="wrap") for f in pair]
@@ -143,6 +143,7 @@ def crop_rates(fields, radius: int, min_seconds: float, repeats: int, crop_batch
         for out, field in zip(buffers, padded):
           out[i] = field[x:x + size, y:y + size, z:z + size]
       return 2 * crop_batch
+
     return _timed_loop(step, min_seconds)
 
   seed_fields = [f[None, None] for f in pair]
@@ -155,10 +156,11 @@ def crop_rates(fields, radius: int, min_seconds: float, repeats: int, crop_batch
       for field in seed_fields:
         seed_get_neighborhood(field, x, y, z, radius)
       return 2
+
     return _timed_loop(step, min_seconds, max_items=2 * seed_max_crops)
 
-  dataset = pipeline.make_dataset([(n_igm, n_src, x_hii)], radius, crop_batch,
-                                  training=True, seed=seed, augment=True)
+  dataset = pipeline.make_dataset([(n_igm, n_src, x_hii)], radius, crop_batch, training=True,
+                                  seed=seed, augment=True)
 
   def whole_dataset():
     iterator = iter(dataset)
@@ -186,8 +188,7 @@ def crop_rates(fields, radius: int, min_seconds: float, repeats: int, crop_batch
   result.update({
       "fraction_of_copy_bound": round(bound_share, 3),
       "speedup_vs_seed_method": round(speedup, 1),
-      "targets_met": bool(speedup >= 10 and (bound_target is None
-                                             or bound_share >= bound_target)),
+      "targets_met": bool(speedup >= 10 and (bound_target is None or bound_share >= bound_target)),
       "box": list(n_igm.shape),
       "crop_batch": crop_batch,
   })
@@ -221,8 +222,8 @@ def fit_rates(fields, config, batch_size: int, steps: int, epochs: int, rounds: 
   from keras_cnn import pipeline
 
   keras.utils.set_random_seed(seed)
-  dataset = pipeline.make_dataset([tuple(fields)], config.radius, batch_size,
-                                  training=True, seed=seed, augment=True)
+  dataset = pipeline.make_dataset([tuple(fields)], config.radius, batch_size, training=True,
+                                  seed=seed, augment=True)
   cached = tf.data.Dataset.from_tensors(next(iter(dataset))).repeat()
   model = model_lib.build_model(config)
   model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
@@ -230,8 +231,7 @@ def fit_rates(fields, config, batch_size: int, steps: int, epochs: int, rounds: 
   for _ in range(rounds):
     for name, data in (("cached", cached), ("pipeline", dataset)):
       timer = _EpochTimer()
-      model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, callbacks=[timer],
-                verbose=0)
+      model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, callbacks=[timer], verbose=0)
       rate = max(steps * batch_size / s for s in timer.seconds[1:])
       best[name] = max(best[name], rate)
   return {
@@ -275,16 +275,16 @@ def memory_check(cells: int, radius: int, batch_size: int = 32, batches: int = 8
   fields = random_fields(cells, seed)
   field_bytes = sum(f.nbytes for f in fields)
   regions = pipeline.split_regions(fields[0].shape, radius)
-  train = pipeline.make_dataset([tuple(fields)], radius, batch_size, training=True,
-                                seed=seed, region=regions["train"], stratify_bins=4)
+  train = pipeline.make_dataset([tuple(fields)], radius, batch_size, training=True, seed=seed,
+                                region=regions["train"], stratify_bins=4)
   for _, batch in zip(range(batches), train):
     del batch
-  val = pipeline.make_dataset([tuple(fields)], radius, batch_size, training=False,
-                              seed=seed, region="validation", num_examples=batches * batch_size)
+  val = pipeline.make_dataset([tuple(fields)], radius, batch_size, training=False, seed=seed,
+                              region="validation", num_examples=batches * batch_size)
   for batch in val:
     del batch
-  volume = pipeline.volume_dataset(fields[0], fields[1], radius, batch_size,
-                                   x_start=cells - 1, x_stop=cells)
+  volume = pipeline.volume_dataset(fields[0], fields[1], radius, batch_size, x_start=cells - 1,
+                                   x_stop=cells)
   for _, batch in zip(range(batches), volume):
     del batch
   peak = _peak_rss_bytes()
@@ -323,14 +323,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _MEMORY_CHECK.value:
-    print(json.dumps(memory_check(_MEMORY_CELLS.value, _MEMORY_RADIUS.value,
-                                  seed=_CENTRE_SEED.value)), flush=True)
+    print(
+        json.dumps(memory_check(_MEMORY_CELLS.value, _MEMORY_RADIUS.value,
+                                seed=_CENTRE_SEED.value)), flush=True)
     return
   fields = random_fields(_BOX_CELLS.value, _CENTRE_SEED.value)
   for radius in (int(r) for r in _RADII.value):
-    print(json.dumps(crop_rates(fields, radius, _MIN_SECONDS.value, _REPEATS.value,
-                                _CROP_BATCH.value, _SEED_MAX_CROPS.value,
-                                seed=_CENTRE_SEED.value)), flush=True)
+    print(
+        json.dumps(
+            crop_rates(fields, radius, _MIN_SECONDS.value, _REPEATS.value, _CROP_BATCH.value,
+                       _SEED_MAX_CROPS.value, seed=_CENTRE_SEED.value)), flush=True)
   if _RUN_FIT.value:
     preset = _find_preset(_FIT_PRESET.value)
     config, batch_size = _preset_values(preset)

@@ -34,8 +34,7 @@ FLAGS = flags.FLAGS
 
 NETWORKS = {
     "default": dict(radius=16, kernel_size=3, filters=16, stride_conv=2, kernel_pooling=1),
-    "week2_valid": dict(radius=24, kernel_size=5, filters=128, stride_conv=1,
-                        kernel_pooling=2),
+    "week2_valid": dict(radius=24, kernel_size=5, filters=128, stride_conv=1, kernel_pooling=2),
 }
 # Box side for the dense rate, voxels and batch for the per-voxel rate, per network.
 DENSE_BOX = {"default": 96, "week2_valid": 32}
@@ -44,9 +43,10 @@ PER_VOXEL_SAMPLE = {"default": (512, 64), "week2_valid": (8, 4)}
 
 def define_flags() -> None:
   flags.DEFINE_list("networks", list(NETWORKS), f"Networks to measure, of {list(NETWORKS)}.")
-  flags.DEFINE_list("full_boxes", ["128", "256"],
-                    "Sides of the full boxes painted with the default network (own process "
-                    "each, for its peak RSS); empty for none.")
+  flags.DEFINE_list(
+      "full_boxes", ["128", "256"],
+      "Sides of the full boxes painted with the default network (own process "
+      "each, for its peak RSS); empty for none.")
   flags.DEFINE_float("memory_budget_gb", 1.5, "Dense engine memory budget (tile size).")
   flags.DEFINE_float("week2_memory_budget_gb", 4.0,
                      "Dense engine memory budget for week2_valid (128 filters).")
@@ -72,11 +72,11 @@ def _dense_rate(model, side: int, budget: float) -> float:
 
   twin = dense.DenseTwin(model)
   n_igm, n_src = _random_fields(side)
-  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
-                                 progress=False, twin=twin)
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget, progress=False,
+                                 twin=twin)
   t0 = time.perf_counter()
-  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
-                                 progress=False, twin=twin)
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget, progress=False,
+                                 twin=twin)
   return side ** 3 / (time.perf_counter() - t0)
 
 
@@ -88,8 +88,10 @@ def _per_voxel_rate(model, radius: int, count: int, batch: int) -> float:
   n_igm, n_src = _random_fields(64)
   centres = np.random.default_rng(0).integers(0, 64, size=(count, 3))
   igm, src = pipeline.periodic_crops([n_igm, n_src], centres, radius)
-  batches = [{"n_igm": igm[i:i + batch, ..., None], "n_src": src[i:i + batch, ..., None]}
-             for i in range(0, count, batch)]
+  batches = [{
+      "n_igm": igm[i:i + batch, ..., None],
+      "n_src": src[i:i + batch, ..., None]
+  } for i in range(0, count, batch)]
   model.predict_on_batch(batches[0])
   t0 = time.perf_counter()
   for inputs in batches:
@@ -105,16 +107,21 @@ def _full_box(side: int, budget: float) -> dict:
   model = build_model(_config("default"))
   n_igm, n_src = _random_fields(side)
   t0 = time.perf_counter()
-  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget,
-                                 progress=False)
+  inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget, progress=False)
   wall = time.perf_counter() - t0
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   fields_mb = (n_igm.nbytes + n_src.nbytes) / 2 ** 20
-  return {"full_box": side, "network": "default", "engine": "dense",
-          "memory_budget_gb": budget, "wall_s": round(wall, 2),
-          "voxels_per_s": round(side ** 3 / wall), "peak_rss_mb": round(peak_mb),
-          "fields_mb": round(fields_mb),
-          "rss_over_fields_plus_2gb": round(peak_mb / (3 * fields_mb + 2048), 3)}
+  return {
+      "full_box": side,
+      "network": "default",
+      "engine": "dense",
+      "memory_budget_gb": budget,
+      "wall_s": round(wall, 2),
+      "voxels_per_s": round(side ** 3 / wall),
+      "peak_rss_mb": round(peak_mb),
+      "fields_mb": round(fields_mb),
+      "rss_over_fields_plus_2gb": round(peak_mb / (3 * fields_mb + 2048), 3)
+  }
 
 
 def main(argv) -> None:
@@ -142,20 +149,26 @@ def main(argv) -> None:
     dense_rate = _dense_rate(model, DENSE_BOX[network], budget)
     for engine, rate, work in (("per_voxel", per_voxel, flops.per_voxel_flops(config)),
                                ("dense", dense_rate, flops.dense_flops_per_voxel(config))):
-      line = {"network": network, "engine": engine, "backend": backend,
-              "voxels_per_s": round(rate, 2), "flops_per_voxel": work,
-              "matmul_gflops": round(matmul_gflops, 1),
-              "matmul_fraction": round(work * rate / (matmul_gflops * 1e9), 4)}
+      line = {
+          "network": network,
+          "engine": engine,
+          "backend": backend,
+          "voxels_per_s": round(rate, 2),
+          "flops_per_voxel": work,
+          "matmul_gflops": round(matmul_gflops, 1),
+          "matmul_fraction": round(work * rate / (matmul_gflops * 1e9), 4)
+      }
       if engine == "dense":
         line.update(speedup=round(dense_rate / per_voxel, 1), box=DENSE_BOX[network],
                     memory_budget_gb=budget)
       print(json.dumps(line), flush=True)
   for side in FLAGS.full_boxes:
-    proc = subprocess.run(
-        [sys.executable, "-m", "keras_cnn.benchmarks.predict", f"--full_box_child={side}",
-         f"--memory_budget_gb={FLAGS.memory_budget_gb}"],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        check=False)
+    proc = subprocess.run([
+        sys.executable, "-m", "keras_cnn.benchmarks.predict", f"--full_box_child={side}",
+        f"--memory_budget_gb={FLAGS.memory_budget_gb}"
+    ], capture_output=True, text=True, env={
+        **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"
+    }, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
       print(json.dumps({"full_box": int(side), "error": proc.stderr[-2000:]}), flush=True)

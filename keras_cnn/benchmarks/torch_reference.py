@@ -49,8 +49,7 @@ def build_original_pytorch(radius: int, filters: int, kernel_size: int = 5):
       return x
 
     def forward(self, n_igm, n_src):
-      out = torch.cat((self._branch(n_igm, (6, 7, 8)), self._branch(n_src, (15, 16, 17))),
-                      dim=1)
+      out = torch.cat((self._branch(n_igm, (6, 7, 8)), self._branch(n_src, (15, 16, 17))), dim=1)
       out = self.dropout(torch.flatten(out, 1))
       for i in range(5):
         out = getattr(self, "dense" if i == 0 else f"dense_{i}")(out)

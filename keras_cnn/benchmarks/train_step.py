@@ -74,8 +74,8 @@ XLA_PRESETS = {
 # The levers measured by default, per backend (one factor at a time around the default).
 DEFAULT_SETTINGS = {
     "tensorflow": ("jit_compile=false", "jit_compile=false,precision=mixed_bfloat16",
-                   "jit_compile=false,precision=mixed_bfloat16,inter_op=1",
-                   "jit_compile=true", "jit_compile=true,precision=mixed_bfloat16"),
+                   "jit_compile=false,precision=mixed_bfloat16,inter_op=1", "jit_compile=true",
+                   "jit_compile=true,precision=mixed_bfloat16"),
     "jax": ("jit_compile=true", "jit_compile=true,precision=mixed_bfloat16",
             "jit_compile=true,xla=onednn_conv"),
     "torch": ("jit_compile=false", "jit_compile=false,precision=mixed_bfloat16",
@@ -99,9 +99,10 @@ class Setting:
 
   @property
   def name(self) -> str:
-    parts = [f"jit_compile={str(self.jit_compile).lower()}", f"precision={self.precision}",
-             f"batch={self.batch}", f"threads={self.threads}",
-             f"data_format={self.data_format}"]
+    parts = [
+        f"jit_compile={str(self.jit_compile).lower()}", f"precision={self.precision}",
+        f"batch={self.batch}", f"threads={self.threads}", f"data_format={self.data_format}"
+    ]
     if self.xla != "default":
       parts.append(f"xla={self.xla}")
     if self.inter_op:
@@ -165,8 +166,12 @@ def _time_steps(step, warmup: int, steps: int) -> Dict[str, float]:
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
   # cpu_util: cores this process kept busy while timed (< threads when others share them).
-  return {"step_s": times, "median_step_s": statistics.median(times), "warmup_s": warm_s,
-          "cpu_util": sum(cpu) / sum(times)}
+  return {
+      "step_s": times,
+      "median_step_s": statistics.median(times),
+      "warmup_s": warm_s,
+      "cpu_util": sum(cpu) / sum(times)
+  }
 
 
 def _random_batch(radius: int, batch: int, channels_first: bool = False):
@@ -190,8 +195,8 @@ def _pytorch_worker(spec: dict) -> dict:
   model.train()
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = torch.nn.MSELoss()
-  n_igm, n_src, y = (torch.from_numpy(a) for a in _random_batch(
-      spec["radius"], spec["batch"], channels_first=True))
+  n_igm, n_src, y = (torch.from_numpy(a)
+                     for a in _random_batch(spec["radius"], spec["batch"], channels_first=True))
 
   def step():
     optimizer.zero_grad(set_to_none=True)
@@ -203,8 +208,10 @@ def _pytorch_worker(spec: dict) -> dict:
   result = _time_steps(step, spec["warmup"], spec["steps"])
   a = torch.randn(MATMUL_N, MATMUL_N)
   b = torch.randn(MATMUL_N, MATMUL_N)
-  result["matmul_gflops"] = {"torch": _best_gflops(lambda: torch.mm(a, b)),
-                             "numpy": _numpy_matmul_gflops()}
+  result["matmul_gflops"] = {
+      "torch": _best_gflops(lambda: torch.mm(a, b)),
+      "numpy": _numpy_matmul_gflops()
+  }
   return result
 
 
@@ -230,8 +237,10 @@ def _model_variant(model, channels_first: bool, pool_float32: bool):
 
   inputs = None
   if channels_first:
-    inputs = {name: keras.Input(shape=(1,) + tuple(tensor.shape[1:4]), name=name)
-              for name, tensor in model.input.items()}
+    inputs = {
+        name: keras.Input(shape=(1,) + tuple(tensor.shape[1:4]), name=name)
+        for name, tensor in model.input.items()
+    }
   return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
 
 
@@ -253,18 +262,19 @@ def _keras_worker(spec: dict) -> dict:
   keras.utils.set_random_seed(0)
   if setting.precision != "float32":
     keras.config.set_dtype_policy(setting.precision)
-  model = build_model(ModelConfig(radius=spec["radius"], kernel_size=spec["kernel_size"],
-                                  filters=spec["filters"]))
+  model = build_model(
+      ModelConfig(radius=spec["radius"], kernel_size=spec["kernel_size"], filters=spec["filters"]))
   channels_first = setting.data_format == "channels_first"
   if channels_first or setting.pool_float32:
     model = _model_variant(model, channels_first, setting.pool_float32)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse",
-                jit_compile=setting.jit_compile)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=setting.jit_compile)
   n_igm, n_src, y = _random_batch(spec["radius"], setting.batch, channels_first)
   x = {"n_igm": n_igm, "n_src": n_src}
   result = _time_steps(lambda: model.train_on_batch(x, y), spec["warmup"], spec["steps"])
-  result["matmul_gflops"] = {backend: _best_gflops(_backend_matmul(backend)),
-                             "numpy": _numpy_matmul_gflops()}
+  result["matmul_gflops"] = {
+      backend: _best_gflops(_backend_matmul(backend)),
+      "numpy": _numpy_matmul_gflops()
+  }
   return result
 
 
@@ -285,8 +295,7 @@ def _spawn(spec: dict, timeout_s: float) -> dict:
   """Runs `spec` in a fresh interpreter with the backend's environment."""
   env = dict(os.environ)
   env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-             OMP_NUM_THREADS=str(spec["threads"]),
-             OPENBLAS_NUM_THREADS=str(spec["threads"]),
+             OMP_NUM_THREADS=str(spec["threads"]), OPENBLAS_NUM_THREADS=str(spec["threads"]),
              MKL_NUM_THREADS=str(spec["threads"]))
   if spec["kind"] == "keras":
     env["KERAS_BACKEND"] = spec["backend"]
@@ -294,8 +303,7 @@ def _spawn(spec: dict, timeout_s: float) -> dict:
     env["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), xla]))
     if spec["backend"] == "jax":
       env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  cmd = [sys.executable, "-m", "keras_cnn.benchmarks.train_step",
-         "--worker=" + json.dumps(spec)]
+  cmd = [sys.executable, "-m", "keras_cnn.benchmarks.train_step", "--worker=" + json.dumps(spec)]
   t0 = time.perf_counter()
   try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -306,8 +314,11 @@ def _spawn(spec: dict, timeout_s: float) -> dict:
       result = json.loads(line[len(RESULT_PREFIX):])
       result["wall_s"] = round(time.perf_counter() - t0, 1)
       return result
-  lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines()
-           if line.strip() and not line.lstrip().startswith(("File ", "^", "I0000", "W0000"))]
+  lines = [
+      line.strip()
+      for line in (proc.stderr or proc.stdout).splitlines()
+      if line.strip() and not line.lstrip().startswith(("File ", "^", "I0000", "W0000"))
+  ]
   return {"error": f"exit {proc.returncode}: " + " | ".join(lines[-3:])[-600:]}
 
 
@@ -315,8 +326,7 @@ def default_settings(backend: str, batch: int, threads: int) -> List[Setting]:
   return [parse_setting(text, batch, threads) for text in DEFAULT_SETTINGS[backend]]
 
 
-def settings_for(backend: str, texts: Sequence[str], batch: int,
-                 threads: int) -> List[Setting]:
+def settings_for(backend: str, texts: Sequence[str], batch: int, threads: int) -> List[Setting]:
   """Settings of `backend` from --setting values ('[backend:]key=value,...')."""
   if not texts:
     return default_settings(backend, batch, threads)
@@ -348,9 +358,15 @@ def run_configuration(radius: int, filters: int, kernel_size: int, batch: int,
   float32 matmul measured in any of its subprocesses.
   """
   flops = model_flops(radius, filters, kernel_size)
-  base = {"radius": radius, "filters": filters, "kernel_size": kernel_size,
-          "warmup": warmup, "steps": steps}
-  plan = [(backend, setting) for backend in backends
+  base = {
+      "radius": radius,
+      "filters": filters,
+      "kernel_size": kernel_size,
+      "warmup": warmup,
+      "steps": steps
+  }
+  plan = [(backend, setting)
+          for backend in backends
           for setting in settings_for(backend, setting_texts, batch, threads)]
   baseline_keys = sorted({(s.batch, s.threads) for _, s in plan})
   pytorch = {key: [] for key in baseline_keys}
@@ -358,8 +374,7 @@ def run_configuration(radius: int, filters: int, kernel_size: int, batch: int,
 
   def pytorch_round():
     for batch_size, n_threads in baseline_keys:
-      spec = dict(base, kind="pytorch", backend="pytorch", batch=batch_size,
-                  threads=n_threads)
+      spec = dict(base, kind="pytorch", backend="pytorch", batch=batch_size, threads=n_threads)
       result = _spawn(spec, timeout_s)
       logging.info("pytorch r=%d batch=%d threads=%d: %s", radius, batch_size, n_threads,
                    _ex_per_s(result, batch_size) or result.get("error"))
@@ -376,28 +391,30 @@ def run_configuration(radius: int, filters: int, kernel_size: int, batch: int,
       keras_runs[i].append(result)
   pytorch_round()
 
-  everything = [r for runs in list(pytorch.values()) + list(keras_runs.values())
-                for r in runs]
+  everything = [r for runs in list(pytorch.values()) + list(keras_runs.values()) for r in runs]
   matmuls = [v for r in everything for v in r.get("matmul_gflops", {}).values()]
   ref_gflops = max(matmuls) if matmuls else None
   lines = []
   for i, (backend, setting) in enumerate(plan):
     runs = keras_runs[i]
     ok = [r for r in runs if "median_step_s" in r]
-    torch_ok = [r for r in pytorch[(setting.batch, setting.threads)]
-                if "median_step_s" in r]
+    torch_ok = [r for r in pytorch[(setting.batch, setting.threads)] if "median_step_s" in r]
     ex_runs = [_ex_per_s(r, setting.batch) for r in ok]
     torch_ex = [_ex_per_s(r, setting.batch) for r in torch_ok]
     ex = statistics.median(ex_runs) if ex_runs else None
     best_torch = max(torch_ex) if torch_ex else None
     # Examples per busy core-second: less sensitive to other processes on the machine.
     per_core = [_ex_per_s(r, setting.batch) / r["cpu_util"] for r in ok if r.get("cpu_util")]
-    torch_per_core = [_ex_per_s(r, setting.batch) / r["cpu_util"] for r in torch_ok
-                      if r.get("cpu_util")]
+    torch_per_core = [
+        _ex_per_s(r, setting.batch) / r["cpu_util"] for r in torch_ok if r.get("cpu_util")
+    ]
     ex_core = statistics.median(per_core) if per_core else None
     torch_core = statistics.median(torch_per_core) if torch_per_core else None
     line = {
-        "radius": radius, "filters": filters, "backend": backend, "setting": setting.name,
+        "radius": radius,
+        "filters": filters,
+        "backend": backend,
+        "setting": setting.name,
         "ex_per_s": _round(ex),
         "pytorch_ex_per_s": _round(best_torch),
         "matmul_fraction": _ratio(ex, flops["train"] / 1e9, ref_gflops),
@@ -411,7 +428,9 @@ def run_configuration(radius: int, filters: int, kernel_size: int, batch: int,
         "train_gflop_per_example": _round(flops["train"] / 1e9),
         "ex_per_s_runs": [_round(v) for v in ex_runs],
         "pytorch_ex_per_s_runs": [_round(v) for v in torch_ex],
-        "kernel_size": kernel_size, "batch": setting.batch, "threads": setting.threads,
+        "kernel_size": kernel_size,
+        "batch": setting.batch,
+        "threads": setting.threads,
         "warmup_s": [_round(r.get("warmup_s")) for r in ok],
         "step_s": [[_round(v) for v in r["step_s"]] for r in ok],
         "cpu_util": [_round(r.get("cpu_util"), 3) for r in ok],
@@ -447,34 +466,31 @@ def define_flags() -> None:
   flags.DEFINE_list("radius", ["24", "4"], "Crop radii to measure (crop side 2r+1).")
   flags.DEFINE_integer("filters", 128, "Conv3D filters per layer.", lower_bound=1)
   flags.DEFINE_integer("kernel_size", 5, "Conv3D kernel size.", lower_bound=1)
-  flags.DEFINE_list("batch_size", ["4", "64"],
-                    "Batch size per radius (one value: all radii); a setting's batch=N "
-                    "overrides it.")
+  flags.DEFINE_list(
+      "batch_size", ["4", "64"],
+      "Batch size per radius (one value: all radii); a setting's batch=N "
+      "overrides it.")
   flags.DEFINE_list("backends", list(BACKENDS), "Keras backends to measure.")
   flags.DEFINE_multi_string(
-      "setting", [],
-      "Repeatable '[backend:]key=value,...' (keys: jit_compile, precision, batch, "
+      "setting", [], "Repeatable '[backend:]key=value,...' (keys: jit_compile, precision, batch, "
       "threads, data_format, xla, inter_op, pool_float32). Default: the per-backend sweep "
       "DEFAULT_SETTINGS of this module.")
   flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)),
-                       "CPU cores to pin each run to (and its intra-op threads).",
-                       lower_bound=1)
+                       "CPU cores to pin each run to (and its intra-op threads).", lower_bound=1)
   flags.DEFINE_integer("warmup", 2, "Untimed steps per run (compilation).", lower_bound=1)
   flags.DEFINE_integer("steps", 3, "Timed steps per run.", lower_bound=1)
-  flags.DEFINE_integer("repeats", 1,
-                       "Rounds of (PyTorch, every Keras setting); PyTorch runs once more "
-                       "at the end. ex_per_s is the median over rounds.", lower_bound=1)
+  flags.DEFINE_integer(
+      "repeats", 1, "Rounds of (PyTorch, every Keras setting); PyTorch runs once more "
+      "at the end. ex_per_s is the median over rounds.", lower_bound=1)
   flags.DEFINE_float("timeout_s", 1800.0, "Wall-clock limit of each subprocess.")
   flags.DEFINE_string("worker", None, "Internal: JSON spec of one subprocess run.")
 
   flags.register_validator("backends", lambda v: set(v) <= set(BACKENDS),
                            message=f"--backends must be a subset of {BACKENDS}")
-  flags.register_validator(
-      "radius", lambda v: all(s.isdigit() and int(s) >= 4 for s in v),
-      message="--radius: integers >= 4 (three 2x poolings need a side >= 9)")
-  flags.register_validator(
-      "batch_size", lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
-      message="--batch_size: positive integers")
+  flags.register_validator("radius", lambda v: all(s.isdigit() and int(s) >= 4 for s in v),
+                           message="--radius: integers >= 4 (three 2x poolings need a side >= 9)")
+  flags.register_validator("batch_size", lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
+                           message="--batch_size: positive integers")
 
 
 def main(argv) -> None:
@@ -498,9 +514,8 @@ def main(argv) -> None:
   logging.info("CPU bf16: %s; load average %.2f", distribute.cpu_has_bf16(), os.getloadavg()[0])
   for radius, batch in zip(radii, batches):
     run_configuration(radius, FLAGS.filters, FLAGS.kernel_size, batch, FLAGS.backends,
-                      FLAGS.setting, FLAGS.threads, FLAGS.warmup, FLAGS.steps,
-                      FLAGS.timeout_s, emit=lambda line: print(json.dumps(line), flush=True),
-                      repeats=FLAGS.repeats)
+                      FLAGS.setting, FLAGS.threads, FLAGS.warmup, FLAGS.steps, FLAGS.timeout_s,
+                      emit=lambda line: print(json.dumps(line), flush=True), repeats=FLAGS.repeats)
 
 
 if __name__ == "__main__":

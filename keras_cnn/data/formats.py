@@ -91,8 +91,14 @@ EXPECTED_NAMES = {
     "pyc2ray": ("{z}n_all.dat", "{z}-coarsest_wsubgrid_sources.dat", "xfrac_z{z}.dat"),
     "21cmfast": ("a PerturbedField .h5 file", "a HaloBox .h5 file", "an IonizedBox .h5 file"),
 }
-_FORMAT_OF_LAYOUT = {"npy": "npy", "c2ray_xfrac": "c2ray", "cubep3m_density": "c2ray",
-                     "c2ray_sources": "c2ray", "pyc2ray_cbin": "pyc2ray", "21cmfast": "21cmfast"}
+_FORMAT_OF_LAYOUT = {
+    "npy": "npy",
+    "c2ray_xfrac": "c2ray",
+    "cubep3m_density": "c2ray",
+    "c2ray_sources": "c2ray",
+    "pyc2ray_cbin": "pyc2ray",
+    "21cmfast": "21cmfast"
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +141,10 @@ class SnapshotFiles:
 
   def describe(self) -> str:
     """One line: the redshift and the file of every field found."""
-    parts = [f"{field}: {os.path.basename(self.files[field].label)}"
-             for field in FIELDS if field in self.files]
+    parts = [
+        f"{field}: {os.path.basename(self.files[field].label)}" for field in FIELDS
+        if field in self.files
+    ]
     return f"z={format_redshift(self.redshift)}: " + ", ".join(parts)
 
 
@@ -268,8 +276,8 @@ def _group_by_redshift(found: Sequence[FieldFile]) -> List[SnapshotFiles]:
 # File checks shared by every reader.
 
 _FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"),
-               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-               (stat.S_ISBLK, "block device"))
+               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK,
+                                                                               "block device"))
 
 
 def _what(field: Optional[str]) -> str:
@@ -510,8 +518,8 @@ def read_mesh_binary(path: str, field: str, layout_name: str) -> np.ndarray:
   if t2c is not None and native:
     array = _read_with_tools21cm(t2c, path, field, layout_name, layout)
   else:
-    array = np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset,
-                      shape=layout.shape, order="F")
+    array = np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset, shape=layout.shape,
+                      order="F")
   logging.debug("%s: %s mesh %s %s, %s", path, layout_name, layout.shape, layout.dtype,
                 "tools21cm" if t2c is not None and native else "numpy")
   return np.ascontiguousarray(array, dtype=np.float32)
@@ -588,10 +596,9 @@ def read_c2ray_sources(path: str, mesh: Tuple[int, ...],
   if table.size == 0:
     table = np.zeros((0, 5))
   if table.shape[0] != declared or table.shape[1] not in (4, 5):
-    raise SnapshotError(
-        f"{path}: field 'n_src' {what}: it declares {declared} sources but holds "
-        f"{table.shape[0]} lines of {table.shape[1]} numbers; expected one line "
-        "'i j k mass_massive mass_small' (or 'i j k mass') per source")
+    raise SnapshotError(f"{path}: field 'n_src' {what}: it declares {declared} sources but holds "
+                        f"{table.shape[0]} lines of {table.shape[1]} numbers; expected one line "
+                        "'i j k mass_massive mass_small' (or 'i j k mass') per source")
   cells = table[:, :3]
   if not np.all(np.isfinite(table)):
     bad = int(np.argmax(~np.all(np.isfinite(table), axis=1)))
@@ -631,7 +638,7 @@ def read_21cmfast(item: FieldFile) -> np.ndarray:
       _check_dtype(dataset.dtype, item.label, item.field)
       cells = _cells(dataset.shape)
       check_memory(item.label, item.field, dataset.shape, dataset.dtype,
-                    cells * (4 + dataset.dtype.itemsize))
+                   cells * (4 + dataset.dtype.itemsize))
       array = np.asarray(dataset[()], dtype=np.float32)
   except OSError as error:
     raise SnapshotError(f"{item.label}: field '{item.field}' cannot be read ({error})") from None

@@ -68,8 +68,7 @@ def box_shape(n_cells: Shape) -> Tuple[int, int, int]:
   else:
     shape = tuple(int(n) for n in n_cells)
   if len(shape) != 3 or min(shape) < 2:
-    raise ValueError(
-        f"n_cells must be an int >= 2 or three ints >= 2, got {n_cells!r}")
+    raise ValueError(f"n_cells must be an int >= 2 or three ints >= 2, got {n_cells!r}")
   return shape
 
 
@@ -77,19 +76,17 @@ def transfer_eisenstein_hu(k: np.ndarray, cosmo: Cosmology = PLANCK18) -> np.nda
   """Eisenstein & Hu (1998) no-wiggle transfer function; k in 1/Mpc (not h/Mpc)."""
   k = np.asarray(k, dtype=np.float64)
   h = cosmo.h
-  omh2 = cosmo.omega_m * h**2
-  obh2 = cosmo.omega_b * h**2
+  omh2 = cosmo.omega_m * h ** 2
+  obh2 = cosmo.omega_b * h ** 2
   f_b = cosmo.omega_b / cosmo.omega_m
-  theta2 = (cosmo.t_cmb / 2.7)**2
-  sound_horizon = 44.5 * np.log(9.83 / omh2) / np.sqrt(1.0 + 10.0 * obh2**0.75)
-  alpha = (1.0 - 0.328 * np.log(431.0 * omh2) * f_b
-           + 0.38 * np.log(22.3 * omh2) * f_b**2)
-  gamma_eff = cosmo.omega_m * h * (
-      alpha + (1.0 - alpha) / (1.0 + (0.43 * k * sound_horizon)**4))
+  theta2 = (cosmo.t_cmb / 2.7) ** 2
+  sound_horizon = 44.5 * np.log(9.83 / omh2) / np.sqrt(1.0 + 10.0 * obh2 ** 0.75)
+  alpha = (1.0 - 0.328 * np.log(431.0 * omh2) * f_b + 0.38 * np.log(22.3 * omh2) * f_b ** 2)
+  gamma_eff = cosmo.omega_m * h * (alpha + (1.0 - alpha) / (1.0 + (0.43 * k * sound_horizon) ** 4))
   q = k / h * theta2 / gamma_eff
   l0 = np.log(2.0 * np.e + 1.8 * q)
   c0 = 14.2 + 731.0 / (1.0 + 62.5 * q)
-  return l0 / (l0 + c0 * q**2)
+  return l0 / (l0 + c0 * q ** 2)
 
 
 def growth_factor(redshift: float, cosmo: Cosmology = PLANCK18) -> float:
@@ -97,8 +94,8 @@ def growth_factor(redshift: float, cosmo: Cosmology = PLANCK18) -> float:
 
   def unnormalized(a):
     omega_l = 1.0 - cosmo.omega_m
-    e_of = lambda x: math.sqrt(cosmo.omega_m / x**3 + omega_l)
-    integral, _ = scipy.integrate.quad(lambda x: (x * e_of(x))**-3, 0.0, a)
+    e_of = lambda x: math.sqrt(cosmo.omega_m / x ** 3 + omega_l)
+    integral, _ = scipy.integrate.quad(lambda x: (x * e_of(x)) ** -3, 0.0, a)
     return 2.5 * cosmo.omega_m * e_of(a) * integral
 
   return unnormalized(1.0 / (1.0 + redshift)) / unnormalized(1.0)
@@ -109,15 +106,15 @@ def _tophat_window(x):
   x = np.asarray(x)
   small = x < 1e-3
   safe = np.where(small, 1.0, x)
-  window = 3.0 * (np.sin(safe) - safe * np.cos(safe)) / safe**3
-  return np.where(small, 1.0 - x**2 / 10.0, window)
+  window = 3.0 * (np.sin(safe) - safe * np.cos(safe)) / safe ** 3
+  return np.where(small, 1.0 - x ** 2 / 10.0, window)
 
 
 def _sigma_of_radius(radius_mpc: float, pk) -> float:
   """RMS of a linear field with power spectrum `pk` in top-hat spheres of `radius_mpc`."""
   log_k = np.linspace(np.log(1e-5), np.log(1e3), 6000)
   k = np.exp(log_k)
-  integrand = k**3 * pk(k) * _tophat_window(k * radius_mpc)**2 / (2.0 * np.pi**2)
+  integrand = k ** 3 * pk(k) * _tophat_window(k * radius_mpc) ** 2 / (2.0 * np.pi ** 2)
   return float(np.sqrt(np.trapezoid(integrand, log_k)))
 
 
@@ -129,17 +126,17 @@ def linear_power_spectrum(redshift: float, cosmo: Cosmology = PLANCK18):
   """
 
   def shape(k):
-    return k**cosmo.n_s * transfer_eisenstein_hu(k, cosmo)**2
+    return k ** cosmo.n_s * transfer_eisenstein_hu(k, cosmo) ** 2
 
   sigma8_unit = _sigma_of_radius(8.0 / cosmo.h, shape)
-  amplitude = (cosmo.sigma_8 / sigma8_unit)**2
-  growth2 = growth_factor(redshift, cosmo)**2
+  amplitude = (cosmo.sigma_8 / sigma8_unit) ** 2
+  growth2 = growth_factor(redshift, cosmo) ** 2
   return (lambda k: amplitude * growth2 * shape(k)), (lambda k: amplitude * shape(k))
 
 
 def mean_baryon_density(redshift: float, cosmo: Cosmology = PLANCK18) -> float:
   """Mean comoving-box baryon density at `redshift`, in g/cm^3 (proper)."""
-  return RHO_CRIT0_G_CM3_H2 * cosmo.h**2 * cosmo.omega_b * (1.0 + redshift)**3
+  return RHO_CRIT0_G_CM3_H2 * cosmo.h ** 2 * cosmo.omega_b * (1.0 + redshift) ** 3
 
 
 def _seed_for(seed: int, *stream: int) -> int:
@@ -157,9 +154,8 @@ def lognormal_overdensity(shape, cell_size_mpc: float, redshift: float, seed: in
   import powerbox  # local: only the simulator needs it
 
   pk, _ = linear_power_spectrum(redshift, cosmo)
-  box = powerbox.LogNormalPowerBox(
-      shape=tuple(shape), size=tuple(n * cell_size_mpc for n in shape), pk=pk,
-      seed=seed, nthreads=1)
+  box = powerbox.LogNormalPowerBox(shape=tuple(shape), size=tuple(n * cell_size_mpc for n in shape),
+                                   pk=pk, seed=seed, nthreads=1)
   with warnings.catch_warnings():
     # Discretizing a realistic P(k) leaves a few tiny negative modes in the latent
     # Gaussian spectrum; powerbox zeroes them and warns, and raises if they matter.
@@ -179,19 +175,18 @@ def sample_sources(delta: np.ndarray, rng: np.random.Generator, redshift: float,
   (linear-like) field behind the log-normal and s_* are linear RMS values at z.
   """
   _, pk_z0 = linear_power_spectrum(redshift, cosmo)
-  rho_m = RHO_CRIT0_MSUN_MPC3_H2 * cosmo.h**2 * cosmo.omega_m
-  radius_min = (3.0 * min_halo_mass_msun / (4.0 * np.pi * rho_m))**(1.0 / 3.0)
+  rho_m = RHO_CRIT0_MSUN_MPC3_H2 * cosmo.h ** 2 * cosmo.omega_m
+  radius_min = (3.0 * min_halo_mass_msun / (4.0 * np.pi * rho_m)) ** (1.0 / 3.0)
   sigma_min = _sigma_of_radius(radius_min, pk_z0) * growth_factor(redshift, cosmo)
   log_density = np.log1p(delta)
   delta_lin = log_density - log_density.mean()
-  spread2 = max(sigma_min**2 - float(delta_lin.var()), 1e-4)
+  spread2 = max(sigma_min ** 2 - float(delta_lin.var()), 1e-4)
   collapsed = (1.0 + delta) * scipy.special.erfc(
       (DELTA_COLLAPSE - delta_lin) / np.sqrt(2.0 * spread2))
   mean_collapsed = float(collapsed.mean())
   if not mean_collapsed > 0.0:
-    raise ValueError(
-        f"no halos above min_halo_mass_msun={min_halo_mass_msun:g} at z={redshift}: "
-        "lower it or the redshift")
+    raise ValueError(f"no halos above min_halo_mass_msun={min_halo_mass_msun:g} at z={redshift}: "
+                     "lower it or the redshift")
   expected = collapsed * (sources_per_cell / mean_collapsed)
   return rng.poisson(expected).astype(np.float32)
 
@@ -201,7 +196,7 @@ def _wavenumbers(shape, cell_size_mpc: float) -> np.ndarray:
   kx = 2.0 * np.pi * np.fft.fftfreq(shape[0], d=cell_size_mpc)
   ky = 2.0 * np.pi * np.fft.fftfreq(shape[1], d=cell_size_mpc)
   kz = 2.0 * np.pi * np.fft.rfftfreq(shape[2], d=cell_size_mpc)
-  k2 = kx[:, None, None]**2 + ky[None, :, None]**2 + kz[None, None, :]**2
+  k2 = kx[:, None, None] ** 2 + ky[None, :, None] ** 2 + kz[None, None, :] ** 2
   return np.sqrt(k2).astype(np.float32)
 
 
@@ -210,8 +205,9 @@ def tophat_smooth(field: np.ndarray, radius_cells: float,
   """Periodic top-hat (sphere) average of `field` over `radius_cells` cells, float32."""
   field = np.asarray(field, dtype=np.float32)
   window = _tophat_window(_wavenumbers(field.shape, 1.0) * np.float32(radius_cells))
-  return scipy.fft.irfftn(scipy.fft.rfftn(field, workers=workers) * window.astype(np.float32),
-                          s=field.shape, workers=workers)
+  return scipy.fft.irfftn(
+      scipy.fft.rfftn(field, workers=workers) * window.astype(np.float32), s=field.shape,
+      workers=workers)
 
 
 def smoothing_radii(cell_size_mpc: float, mfp_mpc: float, radius_factor: float = 1.15):
@@ -222,9 +218,9 @@ def smoothing_radii(cell_size_mpc: float, mfp_mpc: float, radius_factor: float =
   return np.geomspace(cell_size_mpc, mfp_mpc, count)
 
 
-def ionizing_ratio(density: np.ndarray, n_src: np.ndarray, cell_size_mpc: float,
-                   mfp_mpc: float, radius_factor: float = 1.15,
-                   workers: Optional[int] = None, max_sphere_mpc: Optional[float] = None):
+def ionizing_ratio(density: np.ndarray, n_src: np.ndarray, cell_size_mpc: float, mfp_mpc: float,
+                   radius_factor: float = 1.15, workers: Optional[int] = None,
+                   max_sphere_mpc: Optional[float] = None):
   """The two fields the ionization criterion needs, computed once per box.
 
   Args:
@@ -295,9 +291,8 @@ def solve_efficiency(max_ratio: np.ndarray, cell_ratio: np.ndarray, mean_xhii: f
     else:
       log_hi = log_mid
   if best[0] > XHII_MAX_ERROR:
-    raise ValueError(
-        f"cannot reach mean x_HII {mean_xhii} (closest {mean_at(best[1]):.4f}): "
-        "raise mfp_mpc or sources_per_cell, or lower mean_xhii")
+    raise ValueError(f"cannot reach mean x_HII {mean_xhii} (closest {mean_at(best[1]):.4f}): "
+                     "raise mfp_mpc or sources_per_cell, or lower mean_xhii")
   return best[1]
 
 
@@ -318,8 +313,8 @@ def ionize(density: np.ndarray, n_src: np.ndarray, mean_xhii: float = 0.5,
   Returns:
     (x_hii float32 array, zeta).
   """
-  max_ratio, cell_ratio = ionizing_ratio(
-      density, n_src, cell_size_mpc, mfp_mpc, radius_factor, workers)
+  max_ratio, cell_ratio = ionizing_ratio(density, n_src, cell_size_mpc, mfp_mpc, radius_factor,
+                                         workers)
   zeta = solve_efficiency(max_ratio, cell_ratio, mean_xhii)
   return ionized_fraction(max_ratio, cell_ratio, zeta), zeta
 
@@ -328,8 +323,7 @@ def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.39
                       cell_size_mpc: float = conventions.CELL_SIZE_MPC, mean_xhii: float = 0.5,
                       mfp_mpc: float = 50.0, sources_per_cell: float = 0.2,
                       min_halo_mass_msun: float = 1e9, radius_factor: float = 1.15,
-                      cosmology: Cosmology = PLANCK18,
-                      workers: Optional[int] = None) -> Snapshot:
+                      cosmology: Cosmology = PLANCK18, workers: Optional[int] = None) -> Snapshot:
   """One synthetic periodic snapshot; the same arguments give identical bytes.
 
   Args:
@@ -351,24 +345,22 @@ def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.39
   shape = box_shape(n_cells)
   if not 0.0 < mean_xhii < 1.0:
     raise ValueError(f"mean_xhii must be in (0, 1), got {mean_xhii}")
-  delta = lognormal_overdensity(
-      shape, cell_size_mpc, redshift, _seed_for(seed, 0), cosmology)
+  delta = lognormal_overdensity(shape, cell_size_mpc, redshift, _seed_for(seed, 0), cosmology)
   rng = np.random.default_rng(_seed_for(seed, 1))
-  n_src = sample_sources(delta, rng, redshift, sources_per_cell, min_halo_mass_msun,
-                         cosmology)
+  n_src = sample_sources(delta, rng, redshift, sources_per_cell, min_halo_mass_msun, cosmology)
   rho = (mean_baryon_density(redshift, cosmology) * (1.0 + delta)).astype(np.float32)
   x_hii, _ = ionize(rho, n_src, mean_xhii, cell_size_mpc, mfp_mpc, radius_factor, workers)
   return Snapshot(rho=rho, n_src=n_src, x_hii=x_hii, redshift=float(redshift),
                   name=f"synthetic(seed={seed}, n_cells={shape}, z={redshift:.3f})")
 
 
-
-
 def split_seeds(seed: int, num_train: int = 1, num_validation: int = 1, num_test: int = 1):
   """Seeds of the realizations of each split: disjoint streams derived from `seed`."""
   counts = {"train": num_train, "validation": num_validation, "test": num_test}
-  return {split: [_seed_for(seed, 100 + s, i) for i in range(counts[split])]
-          for s, split in enumerate(conventions.SPLITS)}
+  return {
+      split: [_seed_for(seed, 100 + s, i) for i in range(counts[split])]
+      for s, split in enumerate(conventions.SPLITS)
+  }
 
 
 def synthetic_splits(n_cells: Shape = 64, seed: int = 0, num_train: int = 1,
@@ -387,5 +379,7 @@ def synthetic_splits(n_cells: Shape = 64, seed: int = 0, num_train: int = 1,
     {"train": [Snapshot, ...], "validation": [...], "test": [...]}.
   """
   seeds = split_seeds(seed, num_train, num_validation, num_test)
-  return {split: [simulate_snapshot(n_cells, seed=s, **kwargs) for s in seeds[split]]
-          for split in conventions.SPLITS}
+  return {
+      split: [simulate_snapshot(n_cells, seed=s, **kwargs) for s in seeds[split]]
+      for split in conventions.SPLITS
+  }

@@ -195,10 +195,9 @@ def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
   listed = ", ".join(formats.format_redshift(s.redshift) for s in snapshots)
   if not snapshots:
     others = "" if data_format == "auto" else f" (--data_format={data_format})"
-    raise SnapshotError(
-        f"{data_dir}: no snapshot files{others}; expected rho_z{{z:.3f}}.npy, "
-        "nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy or C2-Ray, pyC2Ray or 21cmFAST files "
-        f"(see --data_format); found: {_listing(data_dir)}")
+    raise SnapshotError(f"{data_dir}: no snapshot files{others}; expected rho_z{{z:.3f}}.npy, "
+                        "nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy or C2-Ray, pyC2Ray or 21cmFAST files "
+                        f"(see --data_format); found: {_listing(data_dir)}")
   if redshift is None:
     if len(snapshots) > 1:
       raise SnapshotError(
@@ -229,9 +228,8 @@ def _missing_field(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
     hint = (f" (the nearest file of '{field}' is {os.path.basename(near.label)} at "
             f"z={formats.format_redshift(near.redshift)})")
   names = ", ".join(os.path.basename(f.label) for f in found) or "no files"
-  return SnapshotError(
-      f"{path}: missing file for field '{field}'; expected "
-      f"{', '.join(expected[f] for f in formats.FIELDS)}; found: {names}{hint}")
+  return SnapshotError(f"{path}: missing file for field '{field}'; expected "
+                       f"{', '.join(expected[f] for f in formats.FIELDS)}; found: {names}{hint}")
 
 
 def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_target: bool = True,
@@ -274,8 +272,9 @@ def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_targe
       mesh = arrays["rho"].shape if field == "n_src" else None
       arrays[field] = formats.read_field(item, mesh=mesh, box_size_mpc=box_size_mpc)
   snapshot = Snapshot(rho=arrays["rho"], n_src=arrays["n_src"], x_hii=arrays.get("x_hii"),
-                      redshift=chosen.redshift, name=data_dir,
-                      paths={field: item.label for field, item in chosen.files.items()})
+                      redshift=chosen.redshift, name=data_dir, paths={
+                          field: item.label for field, item in chosen.files.items()
+                      })
   validate_snapshot(snapshot, radius=radius, require_target=require_target)
   return snapshot
 
@@ -285,8 +284,7 @@ def _check_dtype(array: np.ndarray, label: str, field: str) -> None:
   if kind == "O":
     raise SnapshotError(f"{label}: field '{field}' is an object/pickled array; expected numbers")
   if kind not in "biuf":
-    raise SnapshotError(
-        f"{label}: field '{field}' has dtype {array.dtype}, expected real numbers")
+    raise SnapshotError(f"{label}: field '{field}' has dtype {array.dtype}, expected real numbers")
 
 
 def validate_snapshot(snapshot: Snapshot, radius: Optional[int] = None,
@@ -319,22 +317,19 @@ def validate_snapshot(snapshot: Snapshot, radius: Optional[int] = None,
     if array.size == 0:
       raise SnapshotError(f"{label}: field '{field}' is empty (shape {array.shape})")
     if array.ndim != 3:
-      raise SnapshotError(
-          f"{label}: field '{field}' is {array.ndim}-D with shape {array.shape}, "
-          "expected a 3-D box")
+      raise SnapshotError(f"{label}: field '{field}' is {array.ndim}-D with shape {array.shape}, "
+                          "expected a 3-D box")
     if reference_shape is None:
       reference_shape = array.shape
     elif array.shape != reference_shape:
-      raise SnapshotError(
-          f"{label}: field '{field}' has shape {array.shape}, but 'rho' has shape "
-          f"{reference_shape}; all fields must share one shape")
+      raise SnapshotError(f"{label}: field '{field}' has shape {array.shape}, but 'rho' has shape "
+                          f"{reference_shape}; all fields must share one shape")
     finite = np.isfinite(array)
     if not finite.all():
       nans = int(np.isnan(array).sum())
       infs = int(array.size - finite.sum()) - nans
-      raise SnapshotError(
-          f"{label}: field '{field}' has {nans + infs} non-finite values "
-          f"({nans} NaN, {infs} Inf) of {array.size}")
+      raise SnapshotError(f"{label}: field '{field}' has {nans + infs} non-finite values "
+                          f"({nans} NaN, {infs} Inf) of {array.size}")
     if field in ("rho", "n_src"):
       negative = int((array < 0).sum())
       if negative:
@@ -384,8 +379,8 @@ def save_snapshot(snapshot: Snapshot, data_dir: str) -> Dict[str, str]:
     for field, array in fields.items():
       if array is None:
         continue
-      handle, tmp_path = tempfile.mkstemp(
-          dir=data_dir, prefix=f".{FILE_PREFIXES[field]}_", suffix=".npy.tmp")
+      handle, tmp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{FILE_PREFIXES[field]}_",
+                                          suffix=".npy.tmp")
       pending[field] = tmp_path
       with os.fdopen(handle, "wb") as stream:
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)

@@ -44,9 +44,8 @@ class SplitData:
 
 
 def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, dataset: str,
-             split: str = "test", tfds_data_dir: Optional[str] = None,
-             n_cells: int = 64, mean_xhii: float = 0.5, data_seed: int = 0,
-             radius: Optional[int] = None,
+             split: str = "test", tfds_data_dir: Optional[str] = None, n_cells: int = 64,
+             mean_xhii: float = 0.5, data_seed: int = 0, radius: Optional[int] = None,
              require_target: bool = True, data_format: str = "auto",
              box_size_mpc: Optional[float] = None) -> List[snapshot_lib.Snapshot]:
   """The whole snapshots of one split (a user folder ignores `split`).
@@ -59,14 +58,14 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
       redshifts = [redshift]
     else:
       redshifts = snapshot_lib.select_redshifts(data_dir, redshift, data_format)
-    return [snapshot_lib.load_snapshot(data_dir, redshift=z, radius=radius,
-                                       require_target=require_target,
-                                       data_format=data_format, box_size_mpc=box_size_mpc)
-            for z in redshifts]
+    return [
+        snapshot_lib.load_snapshot(data_dir, redshift=z, radius=radius,
+                                   require_target=require_target, data_format=data_format,
+                                   box_size_mpc=box_size_mpc) for z in redshifts
+    ]
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate  # heavy imports only when simulating
-    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed,
-                                     mean_xhii=mean_xhii)[split]
+    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)[split]
   from keras_cnn.datasets import reionization_boxes  # TFDS only when asked for
 
   snapshots = reionization_boxes.load_tfds_snapshots(dataset, split, data_dir=tfds_data_dir)
@@ -75,13 +74,12 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
   return snapshots
 
 
-def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection,
-                dataset: str, radius: int, tfds_data_dir: Optional[str] = None,
-                n_cells: int = 64, mean_xhii: float = 0.5, data_seed: int = 0,
-                data_format: str = "auto", box_size_mpc: Optional[float] = None,
+def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, dataset: str,
+                radius: int, tfds_data_dir: Optional[str] = None, n_cells: int = 64,
+                mean_xhii: float = 0.5, data_seed: int = 0, data_format: str = "auto",
+                box_size_mpc: Optional[float] = None,
                 split_redshifts: Optional[Mapping[str, Sequence[float]]] = None,
-                split_dirs: Optional[Mapping[str, Sequence[str]]] = None
-                ) -> Dict[str, SplitData]:
+                split_dirs: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, SplitData]:
   """Train / validation / test data that share no voxel neighbourhoods.
 
   Args:
@@ -112,8 +110,8 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
   if unknown:
     raise ValueError(f"unknown split {unknown[0]!r}; expected one of {conventions.SPLITS}")
   if data_dir or split_redshifts or split_dirs:
-    return _user_splits(data_dir, redshift, radius, data_format, box_size_mpc,
-                        split_redshifts, split_dirs)
+    return _user_splits(data_dir, redshift, radius, data_format, box_size_mpc, split_redshifts,
+                        split_dirs)
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
     splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)
@@ -121,8 +119,10 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
       for snap in snaps:
         snapshot_lib.validate_snapshot(snap, radius=radius)
     return {split: SplitData(splits[split]) for split in conventions.SPLITS}
-  return {split: SplitData(load_box(None, None, dataset, split, tfds_data_dir, radius=radius))
-          for split in conventions.SPLITS}
+  return {
+      split: SplitData(load_box(None, None, dataset, split, tfds_data_dir, radius=radius))
+      for split in conventions.SPLITS
+  }
 
 
 def _z(redshift: float) -> str:
@@ -131,8 +131,8 @@ def _z(redshift: float) -> str:
   return formats.format_redshift(redshift)
 
 
-def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection,
-                 radius: int, data_format: str, box_size_mpc: Optional[float],
+def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, radius: int,
+                 data_format: str, box_size_mpc: Optional[float],
                  split_redshifts: Mapping[str, Sequence[float]],
                  split_dirs: Mapping[str, Sequence[str]]) -> Dict[str, SplitData]:
   """The splits of user folders (see `load_splits`)."""
@@ -165,8 +165,7 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
   if data_dir:
     rest = redshift == snapshot_lib.ALL_REDSHIFTS or (redshift is None and named_by)
     selected = snapshot_lib.select_redshifts(
-        data_dir, snapshot_lib.ALL_REDSHIFTS if rest or redshift is None else redshift,
-        data_format)
+        data_dir, snapshot_lib.ALL_REDSHIFTS if rest or redshift is None else redshift, data_format)
     if redshift is None and not named_by and len(selected) > 1:
       raise errors.UserError(
           f"{data_dir}: several redshifts ({', '.join(_z(z) for z in selected)}); train on "
@@ -182,8 +181,8 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
             f"{data_dir}: the snapshot at z={_z(z)} is named by --redshift and by "
             f"{named_by[key]}; a snapshot may serve one split only")
     if pool and not takers:
-      logging.warning("%s: snapshots at z=%s serve no split (every split has its own)",
-                      data_dir, ", ".join(_z(z) for z in pool))
+      logging.warning("%s: snapshots at z=%s serve no split (every split has its own)", data_dir,
+                      ", ".join(_z(z) for z in pool))
   if takers and not pool:
     split = takers[0]
     where = (f"every snapshot --redshift picks of --data_dir={data_dir} serves another split"
@@ -198,12 +197,13 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
     key = (os.path.realpath(folder), z)
     if key not in loaded:
       loaded[key] = snapshot_lib.load_snapshot(folder, redshift=z, radius=radius,
-                                               data_format=data_format,
-                                               box_size_mpc=box_size_mpc)
+                                               data_format=data_format, box_size_mpc=box_size_mpc)
     return loaded[key]
 
-  result = {split: SplitData([load(folder, z) for folder, z in own[split]])
-            for split in conventions.SPLITS if own[split]}
+  result = {
+      split: SplitData([load(folder, z)
+                        for folder, z in own[split]]) for split in conventions.SPLITS if own[split]
+  }
   if takers:
     boxes = [load(data_dir, z) for z in pool]
     if len(takers) == 1:
@@ -234,8 +234,10 @@ def for_model(splits: Dict[str, SplitData], source_transform: str) -> Dict[str, 
       done[id(snapshot)] = snapshot_lib.for_model(snapshot, source_transform)
     return done[id(snapshot)]
 
-  return {split: SplitData([convert(s) for s in data.snapshots], region=data.region)
-          for split, data in splits.items()}
+  return {
+      split: SplitData([convert(s) for s in data.snapshots], region=data.region)
+      for split, data in splits.items()
+  }
 
 
 def normalization_stats(data: SplitData, source_transform: str):
@@ -249,5 +251,5 @@ def normalization_stats(data: SplitData, source_transform: str):
     igm.append(n_igm.ravel())
     src.append(model_lib.apply_source_transform(n_src, source_transform).ravel())
   igm, src = np.concatenate(igm), np.concatenate(src)
-  return ((float(igm.mean()), max(float(igm.var()), 1e-12)),
-          (float(src.mean()), max(float(src.var()), 1e-12)))
+  return ((float(igm.mean()), max(float(igm.var()),
+                                  1e-12)), (float(src.mean()), max(float(src.var()), 1e-12)))

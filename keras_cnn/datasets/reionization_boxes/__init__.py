@@ -31,8 +31,7 @@ def load_tfds_snapshots(name: str, split: str, data_dir: Optional[str] = None,
   """
   import tensorflow_datasets as tfds  # local: importing TF is slow
 
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False)
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   base = name.split("/")[0].split(":")[0]
   if base == DATASET_NAME:
     config = name.split("/")[1].split(":")[0] if "/" in name else None
@@ -44,7 +43,7 @@ def load_tfds_snapshots(name: str, split: str, data_dir: Optional[str] = None,
   snapshots = []
   for index, example in enumerate(tfds.as_numpy(dataset)):
     key = example["name"].decode() if "name" in example else str(index)
-    snapshots.append(Snapshot(
-        rho=example["rho"], n_src=example["n_src"], x_hii=example.get("x_hii"),
-        redshift=float(example["redshift"]), name=f"{name}:{split}:{key}"))
+    snapshots.append(
+        Snapshot(rho=example["rho"], n_src=example["n_src"], x_hii=example.get("x_hii"),
+                 redshift=float(example["redshift"]), name=f"{name}:{split}:{key}"))
   return snapshots

@@ -78,8 +78,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       _synthetic("synthetic_64", 64, num_train=4),
       _synthetic("synthetic_16", 16, num_train=2),
       ReionizationBoxesConfig(
-          name="manual",
-          description="Your own snapshots (C2-Ray naming) read from manual_dir."),
+          name="manual", description="Your own snapshots (C2-Ray naming) read from manual_dir."),
   ]
   DEFAULT_CONFIG_NAME = "synthetic_64"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -100,8 +99,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     shape = (None,) * 3 if config.is_manual else (config.n_cells,) * 3
-    box = lambda: tfds.features.Tensor(
-        shape=shape, dtype=np.float32, encoding=tfds.features.Encoding.ZLIB)
+    box = lambda: tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=tfds.features.
+                                       Encoding.ZLIB)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "rho": box(),
@@ -127,15 +126,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise FileNotFoundError(
           f"No snapshot in manual_dir {manual_dir}: expected {expected} (or the same in "
           "sub-folders train/, validation/, test/, or one sub-folder per realization)")
-    return {split: self._generate_manual_examples(manual_dir, folders)
-            for split, folders in found.items()}
+    return {
+        split: self._generate_manual_examples(manual_dir, folders)
+        for split, folders in found.items()
+    }
 
   def _generate_examples(self, split: str) -> Iterator[Tuple[str, dict]]:
     config = self.builder_config
     for index, seed in enumerate(config.split_seeds()[split]):
-      snap = simulate.simulate_snapshot(
-          config.n_cells, seed=seed, redshift=config.redshift, mean_xhii=config.mean_xhii,
-          mfp_mpc=config.mfp_mpc)
+      snap = simulate.simulate_snapshot(config.n_cells, seed=seed, redshift=config.redshift,
+                                        mean_xhii=config.mean_xhii, mfp_mpc=config.mfp_mpc)
       key = f"{split}_{index:03d}_seed{seed}"
       yield key, _as_example(snap, key)
 
