@@ -42,9 +42,10 @@ class ModelConfig:
   dense_units: Sequence[int] = (256, 128, 64, 32, 16)
   tail_units: Sequence[int] = (8, 4)
   leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the original network
-  # Weight of the old value in BatchNormalization's moving statistics (Keras' own
-  # default is 0.99; torch.nn.BatchNorm3d's momentum=0.1 is 0.9 in Keras' convention).
-  batch_norm_momentum: float = 0.99
+  # Weight of the old value in BatchNormalization's moving statistics: 0.9 is
+  # torch.nn.BatchNorm3d's momentum=0.1, as in the original network (Keras' own default,
+  # 0.99, lets the statistics used for validation lag behind weights that still move).
+  batch_norm_momentum: float = 0.9
   source_transform: str = "log1p"
   # "same" is the original; "valid" makes the network translation-equivariant, so its
   # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
