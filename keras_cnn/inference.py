@@ -253,18 +253,29 @@ def _json_safe(value):
   return value
 
 
-def _sampled_predictions(model, snapshot, radius: int, batch_size: int, num_examples: int,
-                         seed: int, progress: bool):
-  """(y_true, y_pred) on a fixed random set of voxels of one box."""
+def sampled_predictions(model, fields, radius: int, batch_size: int, num_examples: int, seed: int,
+                        region=None, progress: bool = False):
+  """(y_true, y_pred) on a fixed random set of `num_examples` voxels (or all, if fewer).
+
+  Args:
+    model: a per-voxel model (inputs {"n_igm", "n_src"} of side 2r+1).
+    fields: (n_igm, n_src, x_hii) triples, as `keras_cnn.pipeline.make_dataset` takes.
+    radius: the model's crop radius.
+    batch_size: crops per forward pass.
+    num_examples: voxels to score.
+    seed: seed of the voxels.
+    region: x-slab of every box to draw from (`pipeline.make_dataset`); None: whole boxes.
+    progress: progress bar on stderr.
+  """
   from tqdm import tqdm
 
   from keras_cnn import pipeline
 
-  dataset = pipeline.make_dataset([(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)], radius,
-                                  batch_size, training=False, seed=seed, num_examples=num_examples)
+  dataset = pipeline.make_dataset(fields, radius, batch_size, training=False, seed=seed,
+                                  region=region, num_examples=num_examples)
   y_true, y_pred = [], []
-  with tqdm(total=min(num_examples, int(np.prod(snapshot.shape))), unit="voxel", unit_scale=True,
-            file=sys.stderr, disable=not progress, desc="x_HII", mininterval=1.0) as bar:
+  with tqdm(total=num_examples, unit="voxel", unit_scale=True, file=sys.stderr,
+            disable=not progress, desc="x_HII", mininterval=1.0) as bar:
     for inputs, targets in dataset.as_numpy_iterator():
       y_true.append(np.asarray(targets, np.float32).ravel())
       y_pred.append(np.asarray(model.predict_on_batch(inputs), np.float32).ravel())
@@ -341,8 +352,10 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
     if not whole(snapshot):
       logging.info("%s: %d voxels > %d, scoring %d random voxels.", snapshot.name, size,
                    max_full_voxels, num_examples)
-      true_i, pred_i = _sampled_predictions(model, snapshot, radius, batch_size, num_examples,
-                                            seed + i, progress)
+      true_i, pred_i = sampled_predictions(model,
+                                           [(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)],
+                                           radius, batch_size, num_examples, seed + i,
+                                           progress=progress)
       y_true.append(true_i)
       y_pred.append(pred_i)
       continue

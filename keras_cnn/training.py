@@ -492,7 +492,6 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
   """
   from keras_cnn import inference
   from keras_cnn import metrics as metrics_lib
-  from keras_cnn import pipeline
 
   comparisons = []
   if dense.model_padding(model) == "valid":
@@ -511,10 +510,8 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
       y_true.append(true_map.ravel())
     y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
   else:
-    ds = pipeline.make_dataset(split.fields, radius, batch_size, training=False, seed=seed,
-                               region=split.region, num_examples=num_examples)
-    y_true = np.concatenate([np.asarray(y) for _, y in ds.as_numpy_iterator()]).ravel()
-    y_pred = np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0)).ravel()
+    y_true, y_pred = inference.sampled_predictions(model, split.fields, radius, batch_size,
+                                                   num_examples, seed, region=split.region)
   result = metrics_lib.regression_metrics(y_true, y_pred)
   result.update(metrics_lib.aggregate_map_scores([c.scores for _, _, c in comparisons]))
   result.update(metrics_lib.ionized_map_scores(y_true, y_pred))  # every scored voxel
