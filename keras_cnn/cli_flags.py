@@ -94,6 +94,8 @@ def define_model_flags() -> None:
       "batch_norm_momentum", _MODEL.batch_norm_momentum,
       "Weight of the old value in BatchNormalization's moving mean and "
       "variance (torch's momentum=0.1 is 0.9 here).")
+  flags.register_validator("leaky_relu_slope", lambda v: math.isfinite(v) and 0.0 <= v < 1.0,
+                           message="--leaky_relu_slope must be in [0, 1)")
   flags.register_validator("batch_norm_momentum", lambda v: 0.0 <= v < 1.0,
                            message="--batch_norm_momentum must be in [0, 1)")
   flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
@@ -137,6 +139,7 @@ def define_data_flags() -> None:
   flags.DEFINE_integer("n_cells", data.n_cells, "Synthetic box side in cells.")
   flags.DEFINE_float("mean_xhii", data.mean_xhii, "Synthetic boxes' mean ionized fraction.")
   flags.DEFINE_integer("data_seed", data.data_seed, "Seed of the synthetic realizations.")
+  flags.register_validator("data_seed", lambda v: v >= 0, message="--data_seed must be >= 0")
   flags.DEFINE_integer(
       "batch_size", None, "Examples per batch (default: train 4 patches or 64 crops, evaluate "
       "and predict 256 crops on the per-voxel engine).")
@@ -353,6 +356,7 @@ def define_evaluate_flags() -> None:
   flags.DEFINE_integer("num_examples", 16384,
                        "Random voxels scored per box larger than --max_full_voxels.")
   flags.DEFINE_integer("sample_seed", 0, "Seed of the random voxels of large boxes.")
+  flags.register_validator("sample_seed", lambda v: v >= 0, message="--sample_seed must be >= 0")
   flags.DEFINE_float("cell_size_mpc", conventions.CELL_SIZE_MPC,
                      "Comoving cell side in cMpc (plot axes, power-spectrum k).")
   flags.DEFINE_enum(

@@ -63,6 +63,9 @@ def test_default_preset_is_centred_and_trains_on_patches():
     ("--stratify_bins=-2", "--stratify_bins must be >= 0"),
     ("--time_budget_minutes=nan", "--time_budget_minutes must be a finite number >= 0"),
     ("--memory_budget_gb=0", "--memory_budget_gb must be a finite number > 0"),
+    ("--data_seed=-3", "--data_seed must be >= 0"),
+    ("--leaky_relu_slope=nan", "--leaky_relu_slope must be in [0, 1)"),
+    ("--batch_norm_momentum=1", "--batch_norm_momentum must be in [0, 1)"),
 ])
 def test_bad_flag_values_are_rejected(parse, arg, message):
   with pytest.raises(flags.IllegalFlagValueError,
@@ -96,6 +99,8 @@ before = set(flags.FLAGS)
 import keras_cnn.model, keras_cnn.dense, keras_cnn.pipeline, keras_cnn.inference
 import keras_cnn.training, keras_cnn.metrics, keras_cnn.plots, keras_cnn.distribute
 import keras_cnn.data.snapshot, keras_cnn.data.splits, keras_cnn.data.simulate
+import keras_cnn.data.formats, keras_cnn.domain, keras_cnn.runs, keras_cnn.conventions
+import keras_cnn.io_utils, keras_cnn.errors
 print(sorted(set(flags.FLAGS) - before))
 """
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
