@@ -15,6 +15,7 @@ import os
 
 from absl import flags
 
+from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import model as model_lib
 
@@ -100,6 +101,12 @@ def define_model_flags() -> None:
                            message="--batch_norm_momentum must be in [0, 1)")
   flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
                     "Transform of the source field inside the model, before standardization.")
+  flags.DEFINE_enum(
+      "conditioning", _MODEL.conditioning, list(conditioning.KINDS),
+      "A value per snapshot fed to the head beside the fields, so one model covers "
+      "several redshifts: the snapshot's redshift, cosmic time (Myr) or mean x_HII "
+      "(predict then needs --condition_value). Needs training snapshots with two or "
+      "more different values. none: the original network.")
   flags.DEFINE_enum(
       "padding", _MODEL.padding, list(model_lib.PADDINGS),
       "Conv3D padding. 'valid' makes the network translation-equivariant: "
@@ -292,6 +299,7 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       batch_norm_momentum=flag_values.batch_norm_momentum,
       source_transform=flag_values.source_transform,
       padding=flag_values.padding,
+      conditioning=flag_values.conditioning,
   )
 
 
@@ -322,6 +330,13 @@ def _define_apply_flags() -> None:
       "overdensity variance more than 3x, off the model's training inputs.")
   flags.register_validator("memory_budget_gb", lambda v: math.isfinite(v) and v > 0,
                            message="--memory_budget_gb must be a finite number > 0")
+  flags.DEFINE_float(
+      "condition_value", None, "Models trained with --conditioning: the value to feed for "
+      "every box instead of the box's own (its redshift, cosmic time in Myr, or mean x_HII "
+      "from its target). Required to predict a box without a target with a model "
+      "conditioned on the mean x_HII.")
+  flags.register_validator("condition_value", lambda v: v is None or math.isfinite(v),
+                           message="--condition_value must be a finite number")
 
 
 def define_predict_flags() -> None:
@@ -419,6 +434,19 @@ def load_model_or_exit(path: str):
     raise app.UsageError(str(error)) from error
   except (ValueError, OSError, TypeError, KeyError) as error:
     raise app.UsageError(f"--model={path}: not a loadable keras_cnn model ({error})") from error
+
+
+def condition_kind_or_exit(model, model_path: str, flag_values=FLAGS) -> str:
+  """The model's conditioning kind; --condition_value with a model that takes none is a
+  usage error."""
+  from absl import app
+
+  kind = conditioning.of_model(model)
+  if kind == "none" and flag_values.condition_value is not None:
+    raise app.UsageError(f"--condition_value={flag_values.condition_value}: the model "
+                         f"{model_path} takes no condition (it was trained without "
+                         "--conditioning)")
+  return kind
 
 
 def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):

@@ -21,11 +21,13 @@ drops entries of the shared feature maps (`dropout`) or of each position's head
 activations (`dropout_1` ..) rather than of one crop's flattened vector.
 """
 
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_cnn import conditioning
 from keras_cnn import model as model_lib
 
 INPUT_NAMES = ("n_igm", "n_src")
@@ -37,9 +39,11 @@ def model_padding(model: keras.Model) -> str:
 
 
 def model_radius(model: keras.Model) -> int:
-  """Crop radius r of a per-voxel model whose inputs are (2r+1)^3 crops."""
+  """Crop radius r of a per-voxel model whose field inputs are (2r+1)^3 crops."""
   sides = set()
   for tensor in model.inputs:
+    if len(tensor.shape) == 2:  # the per-box condition (`keras_cnn.conditioning`)
+      continue
     shape = tuple(tensor.shape[1:4])
     if len(set(shape)) != 1 or shape[0] is None or shape[0] % 2 == 0:
       raise ValueError(f"model input {tensor.name!r} has shape {tuple(tensor.shape)}; "
@@ -102,7 +106,8 @@ class DenseTwin(keras.Model):
       (`keras_cnn.pipeline.make_patch_dataset`).
 
   Inputs {"n_igm", "n_src"} of shape (B, X + 2r, Y + 2r, Z + 2r, 1): a tile of the
-  raw fields (overdensity, sources) with a halo of r cells on every side. Output
+  raw fields (overdensity, sources) with a halo of r cells on every side, and for a
+  conditioned model "condition" of shape (B, 1) (`keras_cnn.conditioning`). Output
   (B, X, Y, Z, 1): x_HII of every voxel of the tile, equal (float tolerance) to the
   per-voxel model applied to each voxel's crop.
 
@@ -130,8 +135,9 @@ class DenseTwin(keras.Model):
     self.head_side = int(per_voxel.get_layer("concatenate").output.shape[1])
     self.head_channels = int(per_voxel.get_layer("concatenate").output.shape[-1])
     self.head_units = int(dense.units)
-    # Head layers after `dense`, in order: (kind, layer).
-    self.head_layers: List[Tuple[str, keras.layers.Layer]] = []
+    self.conditioning = conditioning.of_model(per_voxel)
+    # Head layers after `dense`, in order.
+    self.head_layers: List[keras.layers.Layer] = []
     seen_dense = False
     for layer in per_voxel.layers:
       if layer.name == "dense":
@@ -177,9 +183,19 @@ class DenseTwin(keras.Model):
     x = self._layer("dropout")(x, training=training)
     dense = self._layer("dense")
     side = self.head_side
-    kernel = ops.reshape(ops.cast(dense.kernel, x.dtype),
+    weights = ops.cast(dense.kernel, x.dtype)
+    flat_rows = side ** 3 * self.head_channels  # `flatten`'s width; the condition follows
+    kernel = ops.reshape(weights[:flat_rows],
                          (side, side, side, self.head_channels, self.head_units))
     x = ops.conv(x, kernel, strides=1, padding="valid") + ops.cast(dense.bias, x.dtype)
+    if self.conditioning != "none":
+      # The condition's rows of `dense`: one shift of the pre-activation per box.
+      condition = self._layer(conditioning.LAYER_NAME)(inputs[conditioning.INPUT_NAME])
+      shift = ops.matmul(ops.cast(condition, x.dtype), weights[flat_rows:])
+      # The batch axis holds every phase block of B boxes (`fold_phases`: b innermost).
+      phases = int(np.prod([f ** 3 for f in self.folds()]))
+      shift = ops.tile(shift, (phases, 1))
+      x = x + ops.reshape(shift, (-1, 1, 1, 1, self.head_units))
     for layer in self.head_layers:
       if isinstance(layer, keras.layers.Dropout):
         x = layer(x, training=training)

@@ -43,6 +43,7 @@ def main(argv):
     raise app.UsageError(f"--history={FLAGS.history}: no such file")
   cli_flags.check_output_path(FLAGS.out, is_dir=True)
   model = cli_flags.load_model_or_exit(FLAGS.model)
+  cli_flags.condition_kind_or_exit(model, FLAGS.model)
   try:
     inference.resolve_engine(model, FLAGS.engine)
   except ValueError as error:
@@ -56,7 +57,7 @@ def main(argv):
       num_examples=FLAGS.num_examples, seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,
       history_csv=FLAGS.history or inference.history_beside(FLAGS.model),
       power_spectrum=FLAGS.power_spectrum, progress=FLAGS.progress, engine=FLAGS.engine,
-      memory_budget_gb=FLAGS.memory_budget_gb)
+      memory_budget_gb=FLAGS.memory_budget_gb, condition_value=FLAGS.condition_value)
   logging.info("Wrote %s and figures to %s", conventions.METRICS_FILE, FLAGS.out)
   print(json.dumps(metrics), flush=True)
 

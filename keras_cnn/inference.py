@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import io_utils
@@ -67,8 +68,19 @@ def load_model(path: str):
   return keras.saving.load_model(path, safe_mode=True)
 
 
+def check_condition(model, condition: Optional[float]) -> None:
+  """ValueError unless `condition` is given exactly when the model is conditioned."""
+  kind = conditioning.of_model(model)
+  if kind != "none" and condition is None:
+    raise ValueError(f"the model is conditioned on the box's {kind.replace('_', ' ')}: pass its "
+                     "value as `condition` (`keras_cnn.conditioning.value`)")
+  if kind == "none" and condition is not None:
+    raise ValueError(f"the model takes no condition, got condition={condition}")
+
+
 def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE, x_start: int = 0,
-                   x_stop: Optional[int] = None, progress: bool = True) -> np.ndarray:
+                   x_stop: Optional[int] = None, progress: bool = True,
+                   condition: Optional[float] = None) -> np.ndarray:
   """x_HII of every voxel of the x-slab [x_start, x_stop), one crop per voxel.
 
   Crops come from `keras_cnn.pipeline.volume_dataset(..., whole_planes=True)` and
@@ -83,6 +95,7 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE, x_
     x_start: first x-plane to predict.
     x_stop: one past the last x-plane (None: Nx).
     progress: show a progress bar on stderr.
+    condition: the box's value for a conditioned model (`keras_cnn.conditioning`).
 
   Returns:
     float32 array (x_stop - x_start, Ny, Nz).
@@ -92,6 +105,7 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE, x_
   from keras_cnn import pipeline
 
   n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
+  check_condition(model, condition)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   _, ny, nz = n_igm.shape
@@ -100,7 +114,7 @@ def predict_volume(model, n_igm, n_src, batch_size: int = DEFAULT_BATCH_SIZE, x_
   batch_size = min(batch_size, plane_size)
   batches = pipeline.plane_batches(plane_size, batch_size, x_start, x_stop)
   dataset = pipeline.volume_dataset(n_igm, n_src, radius, batch_size, x_start, x_stop,
-                                    whole_planes=True)
+                                    whole_planes=True, condition=condition)
   out = np.empty((x_stop - x_start, plane_size), np.float32)
   with tqdm(total=out.size, unit="voxel", unit_scale=True, file=sys.stderr, disable=not progress,
             desc="x_HII", mininterval=1.0) as bar:
@@ -161,7 +175,7 @@ def _tiles(n: int, side: int) -> List[Tuple[int, int, int]]:
 
 def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional[int] = None,
                          memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, progress: bool = True,
-                         twin=None) -> np.ndarray:
+                         twin=None, condition: Optional[float] = None) -> np.ndarray:
   """x_HII of the x-slab [x_start, x_stop) of a periodic box through the dense twin.
 
   The box is cut into equal tiles (`tile_shape`, fixed by the whole box so a slab's
@@ -177,6 +191,7 @@ def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional
     memory_budget_gb: bound on the memory of one tile's pass.
     progress: show a progress bar (tiles) on stderr.
     twin: a `DenseTwin` of `model` to reuse (None: built here).
+    condition: the box's value for a conditioned model (`keras_cnn.conditioning`).
 
   Returns:
     float32 array (x_stop - x_start, Ny, Nz).
@@ -184,6 +199,7 @@ def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional
   from tqdm import tqdm
 
   n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
+  check_condition(model, condition)
   twin = dense.DenseTwin(model) if twin is None else twin
   radius = twin.radius
   shape = n_igm.shape
@@ -204,6 +220,8 @@ def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional
           iz = np.arange(tz - radius, tz + tile[2] + radius) % shape[2]
           index = np.ix_(ix, iy, iz)
           inputs = {"n_igm": n_igm[index][None, ..., None], "n_src": n_src[index][None, ..., None]}
+          if condition is not None:
+            inputs[conditioning.INPUT_NAME] = conditioning.column(condition, 1)
           values = np.asarray(twin.predict_on_batch(inputs), np.float32)[0, ..., 0]
           out[lo - x_start:hi - x_start, oy0:oy1,
               oz0:oz1] = values[lo - tx:hi - tx, oy0 - ty:oy1 - ty, oz0 - tz:oz1 - tz]
@@ -227,16 +245,18 @@ def _check_volume(n_igm, n_src, x_start: int, x_stop: Optional[int]):
 
 def predict_map(model, n_igm, n_src, engine: str = "auto", x_start: int = 0,
                 x_stop: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-                progress: bool = True) -> np.ndarray:
-  """x_HII of the x-slab [x_start, x_stop) through the engine `engine` resolves to."""
+                memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB, progress: bool = True,
+                condition: Optional[float] = None) -> np.ndarray:
+  """x_HII of the x-slab [x_start, x_stop) through the engine `engine` resolves to
+  (`condition`: the box's value for a conditioned model)."""
   chosen = resolve_engine(model, engine)
   logging.info("Engine: %s (padding %r).", chosen, dense.model_padding(model))
   if chosen == "dense":
     return predict_volume_dense(model, n_igm, n_src, x_start=x_start, x_stop=x_stop,
-                                memory_budget_gb=memory_budget_gb, progress=progress)
+                                memory_budget_gb=memory_budget_gb, progress=progress,
+                                condition=condition)
   return predict_volume(model, n_igm, n_src, batch_size=batch_size, x_start=x_start, x_stop=x_stop,
-                        progress=progress)
+                        progress=progress, condition=condition)
 
 
 def save_array(array: np.ndarray, path: str) -> str:
@@ -254,7 +274,8 @@ def _json_safe(value):
 
 
 def sampled_predictions(model, fields, radius: int, batch_size: int, num_examples: int, seed: int,
-                        region=None, progress: bool = False):
+                        region=None, progress: bool = False,
+                        conditions: Optional[Sequence[float]] = None):
   """(y_true, y_pred) on a fixed random set of `num_examples` voxels (or all, if fewer).
 
   Args:
@@ -266,13 +287,14 @@ def sampled_predictions(model, fields, radius: int, batch_size: int, num_example
     seed: seed of the voxels.
     region: x-slab of every box to draw from (`pipeline.make_dataset`); None: whole boxes.
     progress: progress bar on stderr.
+    conditions: one value per box for a conditioned model.
   """
   from tqdm import tqdm
 
   from keras_cnn import pipeline
 
   dataset = pipeline.make_dataset(fields, radius, batch_size, training=False, seed=seed,
-                                  region=region, num_examples=num_examples)
+                                  region=region, num_examples=num_examples, conditions=conditions)
   y_true, y_pred = [], []
   with tqdm(total=num_examples, unit="voxel", unit_scale=True, file=sys.stderr,
             disable=not progress, desc="x_HII", mininterval=1.0) as bar:
@@ -300,7 +322,8 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
                    cell_size_mpc: float = conventions.CELL_SIZE_MPC,
                    history_csv: Optional[str] = None, power_spectrum: str = "auto",
                    progress: bool = True, engine: str = "auto",
-                   memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB) -> dict:
+                   memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                   condition_value: Optional[float] = None) -> dict:
   """Scores `model` on whole boxes and writes metrics.json and figures to `out_dir`.
 
   Args:
@@ -322,6 +345,8 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
     progress: progress bars on stderr.
     engine: "auto", "dense" or "per_voxel" (see `resolve_engine`).
     memory_budget_gb: dense engine: memory bound of one tile's pass.
+    condition_value: a conditioned model's input for every box instead of each box's
+      own (`keras_cnn.conditioning.value`: its redshift, cosmic time or mean x_HII).
 
   Returns:
     The metrics written to out_dir/metrics.json (JSON-safe: no NaN): the regression
@@ -336,6 +361,8 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
   for snapshot in snapshots:
     if snapshot.x_hii is None:
       raise ValueError(f"{snapshot.name}: field 'x_hii' is missing; evaluation needs targets")
+  kind = conditioning.of_model(model)
+  conditions = [conditioning.value(kind, s, condition_value) for s in snapshots]
   os.makedirs(out_dir, exist_ok=True)
   radius = model_radius(model)
   chosen = resolve_engine(model, engine)
@@ -355,14 +382,15 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
       true_i, pred_i = sampled_predictions(model,
                                            [(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)],
                                            radius, batch_size, num_examples, seed + i,
-                                           progress=progress)
+                                           progress=progress,
+                                           conditions=None if kind == "none" else [conditions[i]])
       y_true.append(true_i)
       y_pred.append(pred_i)
       continue
     logging.info("%s: predicting all %d voxels.", snapshot.name, size)
     pred_map = predict_map(model, snapshot.n_igm, snapshot.n_src, engine=chosen,
                            batch_size=batch_size, memory_budget_gb=memory_budget_gb,
-                           progress=progress)
+                           progress=progress, condition=conditions[i])
     true_map = np.asarray(snapshot.x_hii, np.float32)
     y_true.append(true_map.ravel())
     y_pred.append(pred_map.ravel())
@@ -385,6 +413,9 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
   result["num_boxes"] = len(snapshots)
   result["full_volume"] = all(whole(s) for s in snapshots)
   result["engine"] = chosen
+  if kind != "none":
+    result["conditioning"] = kind
+    result["condition_values"] = conditions
   summaries = [metrics_lib.power_spectrum_summary(s) for s in spectra]
   for key in ("r_k_mean", "pk_ratio_mean"):
     values = [s[key] for s in summaries if s[key] is not None]

@@ -10,6 +10,11 @@ Input normalization lives inside the model (`source_transform`, `normalize_n_igm
 `rho / mean(rho) - 1` (see `keras_cnn.data.snapshot.overdensity`) and raw source counts.
 The identity layer `input_domain` on the source input carries, in its config, what the
 training inputs were (`keras_cnn.domain`).
+
+Optionally (`conditioning`, off by default) a third input "condition" of shape (1,),
+one value per box (its redshift, cosmic time or mean x_HII: `keras_cnn.conditioning`),
+is standardized (`normalize_condition`) and appended to the flattened features
+(`concatenate_condition`) before `dense`.
 """
 
 import dataclasses
@@ -17,6 +22,8 @@ from typing import Optional, Sequence
 
 import keras
 from keras import ops
+
+from keras_cnn import conditioning
 
 LEFT_BLOCKS = (6, 7, 8)
 RIGHT_BLOCKS = (15, 16, 17)
@@ -50,6 +57,9 @@ class ModelConfig:
   # "same" is the original; "valid" makes the network translation-equivariant, so its
   # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
   padding: str = "valid"
+  # A snapshot-wide value fed to the head (`keras_cnn.conditioning.KINDS`); "none" is
+  # the original network.
+  conditioning: str = "none"
 
   @property
   def crop_size(self) -> int:
@@ -125,6 +135,32 @@ class InputDomain(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "record": self.record}
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class Condition(keras.layers.Layer):
+  """Standardizes the snapshot-wide condition, (value - mean) / std, and records its kind.
+
+  Args:
+    kind: what the value is (`keras_cnn.conditioning.KINDS`, not "none").
+    mean: mean of the training snapshots' values.
+    std: their standard deviation (> 0).
+  """
+
+  def __init__(self, kind: str = "redshift", mean: float = 0.0, std: float = 1.0, **kwargs):
+    super().__init__(**kwargs)
+    self.kind = kind
+    self.mean = float(mean)
+    self.std = float(std)
+
+  def call(self, inputs):
+    return (inputs - self.mean) / self.std
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), "kind": self.kind, "mean": self.mean, "std": self.std}
 
 
 def apply_source_transform(values, kind: str):
@@ -204,6 +240,9 @@ def validate_config(config: ModelConfig) -> None:
   if config.source_transform not in SOURCE_TRANSFORMS:
     raise ValueError(
         f"--source_transform must be one of {SOURCE_TRANSFORMS}, got {config.source_transform!r}")
+  if config.conditioning not in conditioning.KINDS:
+    raise ValueError(
+        f"--conditioning must be one of {conditioning.KINDS}, got {config.conditioning!r}")
   sizes = feature_map_sizes(config)
   if sizes[-1] < 1:
     raise ValueError(
@@ -233,7 +272,8 @@ def _branch(x, block_ids, config: ModelConfig):
 
 def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Sequence[float]] = None,
                 n_src_stats: Optional[Sequence[float]] = None, name: str = "keras_cnn",
-                domain: Optional[dict] = None) -> keras.Model:
+                domain: Optional[dict] = None,
+                condition_stats: Optional[Sequence[float]] = None) -> keras.Model:
   """Builds the two-branch CNN.
 
   Args:
@@ -243,10 +283,13 @@ def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Seque
     name: model name.
     domain: the record of the training inputs (`keras_cnn.domain.make_record`), kept
       in the config of the identity layer `input_domain`; None records nothing.
+    condition_stats: (mean, std) of the training snapshots' condition values
+      (`keras_cnn.conditioning.training_stats`); (0, 1) if None. Only with
+      `config.conditioning` other than "none".
 
   Returns:
-    A `keras.Model` with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,) and
-    output `x_hii` (batch, 1) in [0, 1].
+    A `keras.Model` with inputs {"n_igm", "n_src"} of shape (2r+1,)*3 + (1,) (and
+    "condition" of shape (1,) when conditioned) and output `x_hii` (batch, 1) in [0, 1].
   """
   validate_config(config)
   shape = (config.crop_size,) * 3 + (1,)
@@ -268,6 +311,13 @@ def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Seque
   x = keras.layers.Concatenate(axis=-1, name="concatenate")([left, right])
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dropout(config.dropout_input, name="dropout")(x)
+  inputs = {"n_igm": n_igm, "n_src": n_src}
+  if config.conditioning != "none":
+    condition = keras.Input(shape=(1,), name=conditioning.INPUT_NAME)
+    mean, std = condition_stats if condition_stats is not None else (0.0, 1.0)
+    scaled = Condition(config.conditioning, mean, std, name=conditioning.LAYER_NAME)(condition)
+    x = keras.layers.Concatenate(axis=-1, name="concatenate_condition")([x, scaled])
+    inputs[conditioning.INPUT_NAME] = condition
   for i, units in enumerate(config.dense_units):
     x = keras.layers.Dense(units, name="dense" if i == 0 else f"dense_{i}")(x)
     x = keras.layers.Dropout(config.dropout_hidden, name=f"dropout_{i + 1}")(x)
@@ -280,4 +330,4 @@ def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Seque
   x = keras.layers.Dense(1, activation="sigmoid", dtype="float32",
                          name=f"dense_{first_tail + len(config.tail_units)}")(x)
   x_hii = keras.layers.Identity(dtype="float32", name="x_hii")(x)
-  return keras.Model({"n_igm": n_igm, "n_src": n_src}, x_hii, name=name)
+  return keras.Model(inputs, x_hii, name=name)

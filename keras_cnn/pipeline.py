@@ -40,6 +40,7 @@ from keras_cnn import conventions
 from keras_cnn import errors
 
 INPUT_NAMES = ("n_igm", "n_src")
+CONDITION_NAME = "condition"  # conditioned models' third input (`keras_cnn.conditioning`)
 TARGET_NAME = "x_hii"
 
 # Streams of the random generator keyed by (seed, stream, index).
@@ -312,7 +313,8 @@ def _resolve_region(region, shape, radius) -> Region:
 class _Source:
   """The snapshots of one dataset, their regions, and centre sampling."""
 
-  def __init__(self, fields, radius: int, region, need_targets: bool = True):
+  def __init__(self, fields, radius: int, region, need_targets: bool = True,
+               conditions: Optional[Sequence[float]] = None):
     if len(fields) == 3 and all(
         f is None or (isinstance(f, np.ndarray) and f.ndim == 3) for f in fields):
       fields = [tuple(fields)]  # one (n_igm, n_src, x_hii) triple
@@ -339,6 +341,10 @@ class _Source:
               f"field {name} of fields[{s}] has shape {array.shape} but n_igm has {shape}")
       self.snapshots.append(arrays)
       self.regions.append(_resolve_region(region, shape, radius))
+    if conditions is not None and len(conditions) != len(self.snapshots):
+      raise ValueError(f"conditions must hold one value per snapshot ({len(self.snapshots)}), "
+                       f"got {len(conditions)}")
+    self.conditions = None if conditions is None else np.asarray(conditions, np.float32)
     shapes = {arrays[0].shape for arrays in self.snapshots}
     self.cutters = {shape: _Cutter(shape, radius) for shape in shapes}
     self.radius = int(radius)
@@ -425,6 +431,12 @@ class _Source:
     ]
     return np.concatenate(picks).astype(np.int64)
 
+  def condition_column(self, which: np.ndarray) -> List[np.ndarray]:
+    """[(B, 1) condition of each example's snapshot], or [] without conditions."""
+    if self.conditions is None:
+      return []
+    return [self.conditions[which][:, None]]
+
   def make_batch(self, index: np.ndarray, symmetries: Optional[np.ndarray], with_targets: bool):
     which, centres = self.locate(index)
     count = len(index)
@@ -441,7 +453,7 @@ class _Source:
                  None if symmetries is None else symmetries[mask], part)
       for out, piece in zip(outs, part):
         out[mask] = piece
-    result = [out[..., None] for out in outs]
+    result = [out[..., None] for out in outs] + self.condition_column(which)
     if with_targets:
       targets = np.empty((count, 1), np.float32)
       for s in np.unique(which).tolist():
@@ -452,15 +464,24 @@ class _Source:
     return result
 
 
+def _input_dict(arrays, crop_shape, conditioned: bool) -> Dict[str, tf.Tensor]:
+  """The model's input dict from the first arrays a batch function returned."""
+  inputs = {name: tf.ensure_shape(array, crop_shape) for name, array in zip(INPUT_NAMES, arrays)}
+  if conditioned:
+    inputs[CONDITION_NAME] = tf.ensure_shape(arrays[len(INPUT_NAMES)], (crop_shape[0], 1))
+  return inputs
+
+
 def _to_dataset(batches: tf.data.Dataset, fn, batch_size: Optional[int], size: int,
-                with_targets: bool, parallel_calls: int) -> tf.data.Dataset:
+                with_targets: bool, parallel_calls: int,
+                conditioned: bool = False) -> tf.data.Dataset:
   """Maps batch indices through `fn` (NumPy) into ({inputs}, targets) elements."""
   crop_shape = (batch_size,) + (size,) * 3 + (1,)
-  dtypes = [tf.float32] * (len(INPUT_NAMES) + int(with_targets))
+  dtypes = [tf.float32] * (len(INPUT_NAMES) + int(conditioned) + int(with_targets))
 
   def to_element(batch_index):
     arrays = tf.numpy_function(fn, [batch_index], dtypes, stateful=False)
-    inputs = {name: tf.ensure_shape(array, crop_shape) for name, array in zip(INPUT_NAMES, arrays)}
+    inputs = _input_dict(arrays, crop_shape, conditioned)
     if with_targets:
       return inputs, tf.ensure_shape(arrays[-1], (batch_size, 1))
     return inputs
@@ -471,8 +492,8 @@ def _to_dataset(batches: tf.data.Dataset, fn, batch_size: Optional[int], size: i
 
 def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: int = 0,
                  augment: bool = True, region=None, num_examples: Optional[int] = None,
-                 stratify_bins: int = 0, start_batch: int = 0,
-                 parallel_calls: int = 2) -> tf.data.Dataset:
+                 stratify_bins: int = 0, start_batch: int = 0, parallel_calls: int = 2,
+                 conditions: Optional[Sequence[float]] = None) -> tf.data.Dataset:
   """Batches of ({"n_igm", "n_src"}: (B, D, D, D, 1), x_hii: (B, 1)), float32.
 
   Args:
@@ -498,6 +519,8 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: 
     start_batch: training: index of the first batch of the stream (to resume a
       run where it stopped: epochs_done * steps_per_epoch).
     parallel_calls: batches cut concurrently.
+    conditions: one value per snapshot for a conditioned model: the inputs then
+      also hold "condition" (B, 1), each example's snapshot's value.
 
   Returns:
     A `tf.data.Dataset`, usable by `model.fit` / `evaluate` under every backend.
@@ -510,7 +533,8 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: 
     raise ValueError(f"start_batch must be >= 0, got {start_batch}")
   if num_examples is not None and num_examples < 1:
     raise ValueError(f"num_examples must be >= 1 or None, got {num_examples}")
-  source = _Source(fields, radius, region)
+  source = _Source(fields, radius, region, conditions=conditions)
+  conditioned = conditions is not None
   if stratify_bins and (training or num_examples is not None):
     source.strata(stratify_bins)  # once, before the parallel batch calls start
   fixed = None
@@ -530,7 +554,7 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: 
       return source.make_batch(index, syms, with_targets=True)
 
     return _to_dataset(tf.data.Dataset.counter(start=start_batch), batch_fn, batch_size,
-                       source.size, True, parallel_calls)
+                       source.size, True, parallel_calls, conditioned)
 
   count = source.total if fixed is None else len(fixed)
 
@@ -542,7 +566,7 @@ def make_dataset(fields, radius: int, batch_size: int, *, training: bool, seed: 
 
   num_batches = -(-count // batch_size)
   return _to_dataset(tf.data.Dataset.range(num_batches), eval_fn, None, source.size, True,
-                     parallel_calls)
+                     parallel_calls, conditioned)
 
 
 def plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int) -> np.ndarray:
@@ -554,7 +578,7 @@ def plane_batches(plane_size: int, batch_size: int, x_start: int, x_stop: int) -
 
 def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
                    x_stop: Optional[int] = None, whole_planes: bool = False,
-                   parallel_calls: int = 2) -> tf.data.Dataset:
+                   parallel_calls: int = 2, condition: Optional[float] = None) -> tf.data.Dataset:
   """Input dicts for every voxel of the x-slab [x_start, x_stop), in C order.
 
   `model.predict(volume_dataset(...))` returns (n, 1) with n = (x_stop - x_start)
@@ -566,12 +590,16 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
   compilation under jax) and a voxel's batch does not depend on the slab, so slabs
   predicted apart concatenate to exactly the whole-box map. `plane_batches` gives
   the (x, first voxel) of each batch.
+
+  `condition`: the box's value for a conditioned model (input "condition", (B, 1)).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   n_igm = _as_field(n_igm, "n_igm")
   x_stop = n_igm.shape[0] if x_stop is None else int(x_stop)
-  source = _Source([(n_igm, n_src, None)], radius, (x_start, x_stop), need_targets=False)
+  source = _Source([(n_igm, n_src, None)], radius, (x_start, x_stop), need_targets=False,
+                   conditions=None if condition is None else [condition])
+  conditioned = condition is not None
   count = source.total
   if not whole_planes:
 
@@ -582,7 +610,7 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
 
     num_batches = -(-count // batch_size)
     return _to_dataset(tf.data.Dataset.range(num_batches), batch_fn, None, source.size, False,
-                       parallel_calls)
+                       parallel_calls, conditioned)
 
   plane_size = int(np.prod(n_igm.shape[1:]))
   batch_size = min(batch_size, plane_size)
@@ -598,9 +626,9 @@ def volume_dataset(n_igm, n_src, radius: int, batch_size: int, x_start: int = 0,
   crop_shape = (batch_size,) + (source.size,) * 3 + (1,)
 
   def to_element(batch_index):
-    arrays = tf.numpy_function(plane_fn, [batch_index], [tf.float32] * 3, stateful=False)
-    inputs = {name: tf.ensure_shape(array, crop_shape) for name, array in zip(INPUT_NAMES, arrays)}
-    return inputs, tf.cast(arrays[-1], tf.int64)
+    arrays = tf.numpy_function(plane_fn, [batch_index], [tf.float32] * (3 + int(conditioned)),
+                               stateful=False)
+    return _input_dict(arrays, crop_shape, conditioned), tf.cast(arrays[-1], tf.int64)
 
   dataset = tf.data.Dataset.range(len(batches)).map(to_element, num_parallel_calls=parallel_calls,
                                                     deterministic=True)
@@ -623,7 +651,8 @@ def _patch_corner_region(region, shape, radius: int, patch_size: int):
 def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *, training: bool,
                        seed: int = 0, augment: bool = True, region=None,
                        num_patches: Optional[int] = None, start_batch: int = 0,
-                       parallel_calls: int = 2) -> tf.data.Dataset:
+                       parallel_calls: int = 2,
+                       conditions: Optional[Sequence[float]] = None) -> tf.data.Dataset:
   """Batches of patches: a P^3 block of targets with its (P+2r)^3 periodic context.
 
   Elements are ({"n_igm", "n_src"}: (B, P+2r, P+2r, P+2r, 1), x_hii: (B * P^3, 1)):
@@ -648,6 +677,8 @@ def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
     num_patches: evaluation: how many patches (required when training is False).
     start_batch: training: index of the first batch (to resume).
     parallel_calls: batches cut concurrently.
+    conditions: one value per snapshot for a conditioned model (input "condition",
+      (B, 1): each patch's snapshot's value).
   """
   if patch_size < 1:
     raise ValueError(f"patch_size must be >= 1, got {patch_size}")
@@ -657,7 +688,8 @@ def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
     raise ValueError(f"num_patches must be >= 1 for evaluation, got {num_patches}")
   probe = _Source(fields, radius, None)
   corners = _patch_corner_region(region, probe.snapshots[0][0].shape, radius, patch_size)
-  source = _Source(fields, radius, corners)
+  source = _Source(fields, radius, corners, conditions=conditions)
+  conditioned = conditions is not None
   shapes = {arrays[0].shape for arrays in source.snapshots}
   context = patch_size + 2 * radius
   cutters = {
@@ -689,18 +721,17 @@ def make_patch_dataset(fields, radius: int, patch_size: int, batch_size: int, *,
         for out, piece in zip(inputs, parts):
           out[picked] = piece
         targets[picked] = part_targets
-    return [out[..., None] for out in inputs] + [targets.reshape(-1, 1)]
+    return ([out[..., None] for out in inputs] + source.condition_column(which) +
+            [targets.reshape(-1, 1)])
 
   input_shape = (None,) + (context,) * 3 + (1,)
 
   def to_dataset(batches, fn):
 
     def to_element(batch_index):
-      arrays = tf.numpy_function(fn, [batch_index], [tf.float32] * 3, stateful=False)
-      inputs = {
-          name: tf.ensure_shape(array, input_shape) for name, array in zip(INPUT_NAMES, arrays)
-      }
-      return inputs, tf.ensure_shape(arrays[-1], (None, 1))
+      arrays = tf.numpy_function(fn, [batch_index], [tf.float32] * (3 + int(conditioned)),
+                                 stateful=False)
+      return _input_dict(arrays, input_shape, conditioned), tf.ensure_shape(arrays[-1], (None, 1))
 
     return batches.map(to_element, num_parallel_calls=parallel_calls,
                        deterministic=True).prefetch(tf.data.AUTOTUNE)

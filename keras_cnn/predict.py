@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from keras_cnn import cli_flags
+from keras_cnn import conditioning
 from keras_cnn import domain
 from keras_cnn import model as model_lib
 from keras_cnn.data import snapshot as snapshot_lib
@@ -40,6 +41,7 @@ def main(argv):
 
   cli_flags.check_output_path(FLAGS.out, is_dir=False)
   model = cli_flags.load_model_or_exit(FLAGS.model)
+  kind = cli_flags.condition_kind_or_exit(model, FLAGS.model)
   radius = inference.model_radius(model)
   snapshots = cli_flags.load_box_from_flags(radius=radius, require_target=False)
   if FLAGS.box_index >= len(snapshots):
@@ -48,6 +50,9 @@ def main(argv):
   snapshot = snapshot_lib.for_model(snapshots[FLAGS.box_index],
                                     model_lib.source_transform_of(model))
   domain.check_inputs(model, [snapshot], strict=FLAGS.strict_domain, model_name=FLAGS.model)
+  condition = conditioning.value(kind, snapshot, FLAGS.condition_value)
+  if condition is not None:
+    logging.info("Conditioning on the %s: %.6g.", kind, condition)
   try:
     start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards, FLAGS.shard_index)
     engine = inference.resolve_engine(model, FLAGS.engine)
@@ -57,7 +62,8 @@ def main(argv):
                snapshot.name, snapshot.shape, radius, engine)
   x_hii = inference.predict_map(model, snapshot.n_igm, snapshot.n_src, engine=engine, x_start=start,
                                 x_stop=stop, batch_size=batch_size,
-                                memory_budget_gb=FLAGS.memory_budget_gb, progress=FLAGS.progress)
+                                memory_budget_gb=FLAGS.memory_budget_gb, progress=FLAGS.progress,
+                                condition=condition)
   inference.save_array(x_hii, FLAGS.out)
   where = ("the whole box" if FLAGS.num_shards == 1 else
            f"shard {FLAGS.shard_index} of {FLAGS.num_shards}: x-planes [{start}, {stop}) "

@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 
 from keras_cnn import cli_flags
+from keras_cnn import model as model_lib
 from keras_cnn import training
 
 FLAGS = flags.FLAGS
@@ -44,6 +45,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
+  try:  # sizes that cannot build fail here, in one line, before a workdir exists
+    model_lib.validate_config(config.model)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
   # flags.txt works as --flagfile to rerun the same training.
   flags_text = "".join(
       f"{flag.serialize()}\n" for flag in FLAGS.get_flags_for_module(cli_flags) if flag.serialize())

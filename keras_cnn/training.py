@@ -20,10 +20,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import keras
 import numpy as np
 
+from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import distribute
 from keras_cnn import domain
+from keras_cnn import errors
 from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
@@ -320,28 +322,41 @@ def train_and_evaluate(
     The test metrics (also in workdir/metrics.json).
   """
 
+  fresh = not os.path.isdir(workdir) or not os.listdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   resumed = runs.check_or_create(workdir, config)
-  with runs.WorkdirLock(workdir):
-    metrics_path = os.path.join(workdir, conventions.METRICS_FILE)
-    if os.path.exists(metrics_path) and os.path.exists(os.path.join(workdir,
-                                                                    conventions.MODEL_FILE)):
-      logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
-      with open(metrics_path) as f:
-        return json.load(f)
-    if not resumed:  # flags.txt works as --flagfile to rerun the same training
-      io_utils.write_text(
-          os.path.join(workdir, conventions.FLAGS_FILE), flags_text if flags_text is not None else
-          json.dumps(dataclasses.asdict(config), indent=2, default=str))
-    distribute.initialize(config.distribution)
-    keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision)
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-      return _train(config, workdir, precision, extra_callbacks)
-    finally:
-      keras.config.set_dtype_policy(previous_policy)
+  abandoned = False
+  try:
+    with runs.WorkdirLock(workdir):
+      metrics_path = os.path.join(workdir, conventions.METRICS_FILE)
+      if os.path.exists(metrics_path) and os.path.exists(
+          os.path.join(workdir, conventions.MODEL_FILE)):
+        logging.info("%s holds a finished run; use a new --workdir to train again.", workdir)
+        with open(metrics_path) as f:
+          return json.load(f)
+      if not resumed:  # flags.txt works as --flagfile to rerun the same training
+        io_utils.write_text(
+            os.path.join(workdir, conventions.FLAGS_FILE), flags_text if flags_text is not None else
+            json.dumps(dataclasses.asdict(config), indent=2, default=str))
+      distribute.initialize(config.distribution)
+      keras.utils.set_random_seed(config.seed)
+      precision = resolve_precision(config.precision)
+      previous_policy = keras.config.dtype_policy()
+      keras.config.set_dtype_policy(precision)
+      try:
+        return _train(config, workdir, precision, extra_callbacks)
+      except errors.UserError:
+        # A new run refused before its first epoch (its data or flags) leaves no workdir
+        # behind, so the corrected command is not held to the refused one's manifest.
+        abandoned = fresh and committed_epochs(os.path.join(
+            workdir, conventions.BACKUP_DIR)) == 0 and not os.path.exists(
+                os.path.join(workdir, conventions.FIT_DONE_FILE))
+        raise
+      finally:
+        keras.config.set_dtype_policy(previous_policy)
+  finally:
+    if abandoned:
+      shutil.rmtree(workdir, ignore_errors=True)
 
 
 def is_finished(workdir: str) -> bool:
@@ -364,6 +379,14 @@ def _train(config: TrainConfig, workdir: str, precision: str,
   splits = splits_lib.for_model(splits, config.model.source_transform)
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
+  kind = config.model.conditioning
+  conditions = {split: conditioning.values(kind, data.snapshots) for split, data in splits.items()}
+  condition_stats = None
+  if kind != "none":
+    condition_stats = conditioning.training_stats(kind, conditions["train"])
+    for split, split_values in conditions.items():
+      logging.info("%s: conditioning on the %s: %s", split, kind,
+                   ", ".join(f"{v:.4g}" for v in split_values))
   igm_stats, src_stats = splits_lib.normalization_stats(splits["train"],
                                                         config.model.source_transform)
   train = splits["train"]
@@ -383,7 +406,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     if start_epoch:
       logging.info("Resuming %s after %d finished epochs.", workdir, start_epoch)
     _fit(config, workdir, splits, history, start_epoch, precision, extra_callbacks, igm_stats,
-         src_stats, record)
+         src_stats, record, conditions, condition_stats)
     io_utils.write_text(done_path, "fit finished; the best model is best.keras or model.keras\n")
     shutil.rmtree(os.path.join(workdir, conventions.BACKUP_DIR), ignore_errors=True)
     runs.kill_point("fit")
@@ -391,7 +414,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
     os.replace(best_path, model_path)  # SaveBest already wrote it for sharing
   shared = keras.saving.load_model(model_path, safe_mode=True)  # score what is shared
   metrics = evaluate_split(shared, splits["test"], radius, config.batch_size, config.test_examples,
-                           seed=config.seed + 2)
+                           seed=config.seed + 2, conditions=conditions["test"])
   runs.kill_point("scoring")
   arrays = metrics.pop("_arrays")
   _write_plots(workdir, arrays)
@@ -402,7 +425,8 @@ def _train(config: TrainConfig, workdir: str, precision: str,
 
 
 def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, precision: str,
-         extra_callbacks, igm_stats, src_stats, record: dict) -> None:
+         extra_callbacks, igm_stats, src_stats, record: dict, conditions: dict,
+         condition_stats) -> None:
   """Fits the model (or its dense twin, on patches) until a stopping rule fires."""
   from keras_cnn import pipeline
 
@@ -412,29 +436,34 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, p
     train_ds = pipeline.make_patch_dataset(splits["train"].fields, radius, config.patch_size,
                                            config.batch_size, training=True, seed=config.seed,
                                            augment=config.augment, region=splits["train"].region,
-                                           start_batch=start_epoch * config.steps_per_epoch)
+                                           start_batch=start_epoch * config.steps_per_epoch,
+                                           conditions=conditions["train"])
     region = splits["validation"].region
     # A slab of one user box may be thinner than a patch: validate on slab-thin blocks.
     val_size = config.patch_size if region is None else min(config.patch_size, region[1] -
                                                             region[0])
     val_ds = pipeline.make_patch_dataset(splits["validation"].fields, radius, val_size,
                                          config.batch_size, training=False, seed=config.seed + 1,
-                                         region=region, num_patches=config.validation_patches)
+                                         region=region, num_patches=config.validation_patches,
+                                         conditions=conditions["validation"])
   else:
     train_ds = pipeline.make_dataset(splits["train"].fields, radius, config.batch_size,
                                      training=True, seed=config.seed, augment=config.augment,
                                      region=splits["train"].region,
                                      stratify_bins=config.stratify_bins,
-                                     start_batch=start_epoch * config.steps_per_epoch)
+                                     start_batch=start_epoch * config.steps_per_epoch,
+                                     conditions=conditions["train"])
     val_ds = pipeline.make_dataset(splits["validation"].fields, radius, config.batch_size,
                                    training=False, seed=config.seed + 1,
                                    region=splits["validation"].region,
-                                   num_examples=config.validation_examples)
+                                   num_examples=config.validation_examples,
+                                   conditions=conditions["validation"])
 
   jit_compile = resolve_jit_compile(config.jit_compile)
   with distribute.distribution_scope(config.distribution) as info:
     distribute.check_global_batch(config.batch_size, info)
-    model = model_lib.build_model(config.model, igm_stats, src_stats, domain=record)
+    model = model_lib.build_model(config.model, igm_stats, src_stats, domain=record,
+                                  condition_stats=condition_stats)
     fitted = dense.DenseTwin(model, flat_output=True) if patches else model
     compile_model(fitted, config.learning_rate, jit_compile, config.loss)
   logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",
@@ -481,7 +510,8 @@ def save_for_sharing(model: keras.Model, path: str) -> None:
 
 
 def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int, batch_size: int,
-                   num_examples: int, seed: int) -> dict:
+                   num_examples: int, seed: int,
+                   conditions: Optional[Sequence[float]] = None) -> dict:
   """Metrics of `model` on `split`: every voxel of its boxes (or slab) through the dense
   engine for 'valid' models, else a fixed set of `num_examples` crops.
 
@@ -489,6 +519,7 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
   (`keras_cnn.metrics.compare_maps`, the keys of `evaluate`) need whole periodic boxes,
   so they are None for slabs of one box and for sampled crops. The train command has no
   cell-size flag: boxes are taken to have the cell of the simulator and the C2-Ray boxes.
+  `conditions`: one value per snapshot for a conditioned model.
   """
   from keras_cnn import inference
   from keras_cnn import metrics as metrics_lib
@@ -497,10 +528,11 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
   if dense.model_padding(model) == "valid":
     twin = dense.DenseTwin(model)
     y_true, y_pred = [], []
-    for snapshot, (n_igm, n_src, x_hii) in zip(split.snapshots, split.fields):
+    for i, (snapshot, (n_igm, n_src, x_hii)) in enumerate(zip(split.snapshots, split.fields)):
       start, stop = split.region or (0, n_igm.shape[0])
-      pred_map = inference.predict_volume_dense(model, n_igm, n_src, x_start=start, x_stop=stop,
-                                                progress=False, twin=twin)
+      pred_map = inference.predict_volume_dense(
+          model, n_igm, n_src, x_start=start, x_stop=stop, progress=False, twin=twin,
+          condition=None if conditions is None else conditions[i])
       true_map = np.asarray(x_hii[start:stop], np.float32)
       if split.region is None:
         comparisons.append((true_map, pred_map,
@@ -511,7 +543,8 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
     y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
   else:
     y_true, y_pred = inference.sampled_predictions(model, split.fields, radius, batch_size,
-                                                   num_examples, seed, region=split.region)
+                                                   num_examples, seed, region=split.region,
+                                                   conditions=conditions)
   result = metrics_lib.regression_metrics(y_true, y_pred)
   result.update(metrics_lib.aggregate_map_scores([c.scores for _, _, c in comparisons]))
   result.update(metrics_lib.ionized_map_scores(y_true, y_pred))  # every scored voxel
