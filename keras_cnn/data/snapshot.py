@@ -232,6 +232,10 @@ def _missing_field(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
                        f"{', '.join(expected[f] for f in formats.FIELDS)}; found: {names}{hint}")
 
 
+# Folder listings already logged by `load_snapshot` in this process.
+_LOGGED_LISTINGS = set()
+
+
 def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_target: bool = True,
                   radius: Optional[int] = None, data_format: str = "auto",
                   box_size_mpc: Optional[float] = None) -> Snapshot:
@@ -257,8 +261,11 @@ def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_targe
   from keras_cnn.data import formats
 
   snapshots = formats.scan(data_dir, data_format)
-  for snap in snapshots:
-    logging.info("%s: %s", data_dir, snap.describe())
+  listing = (os.path.abspath(data_dir), data_format, tuple(s.describe() for s in snapshots))
+  if listing not in _LOGGED_LISTINGS:  # once per folder, not once per snapshot read from it
+    _LOGGED_LISTINGS.add(listing)
+    for line in listing[2]:
+      logging.info("%s: %s", data_dir, line)
   chosen = _pick_snapshot(data_dir, snapshots, redshift, data_format)
   fields = ("rho", "n_src", "x_hii") if require_target else ("rho", "n_src")
   for field in fields:
