@@ -21,6 +21,28 @@ from keras_cnn import io_utils
 # run computes per step, only how long it goes on or how fast it runs.
 HARMLESS = ("epochs", "patience", "time_budget_minutes", "jit_compile")
 
+# Settings added after the manifest itself, with the value that a run recorded before
+# them had implicitly: a manifest without the key reads as that value, so a run begun by
+# an older keras_cnn resumes unless what it computes changed (BatchNormalization used
+# Keras' momentum 0.99 then, so those runs are told that --batch_norm_momentum differs).
+IMPLIED = {
+    "batch_norm_momentum": 0.99,
+    "box_size_mpc": None,
+    "conditioning": "none",
+    "data_format": "auto",
+    "source_units": "simulator counts",
+    "train_redshifts": None,
+    "validation_redshifts": None,
+    "test_redshifts": None,
+    "train_dirs": None,
+    "validation_dirs": None,
+    "test_dirs": None,
+}
+# How a box shared by several splits is cut into x-slabs (`keras_cnn.pipeline.split_regions`).
+# Version 2: validation and test get 10% each with guard bands of r. A run on a user folder
+# recorded without it was cut another way, and its slabs must not change mid-run.
+SLAB_LAYOUT = 2
+
 
 def _flatten(config) -> Dict[str, object]:
   """{flag name: value} of a TrainConfig (nested dataclasses flattened)."""
@@ -57,7 +79,8 @@ def manifest_for(config) -> dict:
   return {
       "keras_cnn_run": 1,
       "settings": settings,
-      "data_fingerprint": data_fingerprint(config.data.folders())
+      "data_fingerprint": data_fingerprint(config.data.folders()),
+      "slab_layout": SLAB_LAYOUT,
   }
 
 
@@ -84,8 +107,16 @@ def check_or_create(workdir: str, config) -> bool:
     except (OSError, ValueError) as error:
       raise errors.UserError(f"{path}: unreadable run manifest ({error}); "
                              "choose a new --workdir") from None
-    old, new = recorded.get("settings", {}), wanted["settings"]
+    old, new = {**IMPLIED, **recorded.get("settings", {})}, wanted["settings"]
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    finished = all(
+        os.path.exists(os.path.join(workdir, name))
+        for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
+    if (config.data.data_dir and not finished and recorded.get("slab_layout", 1) != SLAB_LAYOUT):
+      raise errors.UserError(
+          f"--workdir={workdir} holds a run begun by an older keras_cnn, which cut the boxes "
+          "of --data_dir into other x-slabs; resuming would mix its splits: choose a new "
+          "--workdir")
     if recorded.get("data_fingerprint") != wanted["data_fingerprint"]:
       changed.append("the files of --data_dir" if len(config.data.folders()) <
                      2 else "the files of the data folders")

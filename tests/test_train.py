@@ -190,6 +190,44 @@ def test_foreign_or_changed_workdirs_are_refused(tmp_path):
   assert [int(r["epoch"]) for r in _history(workdir)] == [0, 1, 2, 3]
 
 
+def _rewrite_manifest(workdir, drop=(), drop_top=()):
+  path = os.path.join(workdir, conventions.MANIFEST_FILE)
+  with open(path) as stream:
+    manifest = json.load(stream)
+  for key in drop:
+    del manifest["settings"][key]
+  for key in drop_top:
+    del manifest[key]
+  with open(path, "w") as stream:
+    json.dump(manifest, stream)
+
+
+def test_a_run_begun_by_an_older_version_resumes_unless_its_computation_changed(
+    tmp_path, snapshot_dir):
+  """Manifests written before a setting existed read it as the value those runs had."""
+  from keras_cnn import errors
+  from keras_cnn import runs
+
+  workdir = str(tmp_path / "old")
+  os.makedirs(workdir)
+  runs.check_or_create(workdir, TINY)
+  _rewrite_manifest(workdir, drop=("conditioning", "data_format", "train_dirs", "source_units"),
+                    drop_top=("slab_layout",))
+  assert runs.check_or_create(workdir, TINY)  # resumes: nothing it computes changed
+  _rewrite_manifest(workdir, drop=("batch_norm_momentum",))  # those runs had Keras' 0.99
+  with pytest.raises(errors.UserError, match=r"--batch_norm_momentum differ"):
+    runs.check_or_create(workdir, TINY)
+
+  on_folder = dataclasses.replace(TINY, data=training.DataConfig(data_dir=snapshot_dir()))
+  workdir = str(tmp_path / "slabs")
+  os.makedirs(workdir)
+  runs.check_or_create(workdir, on_folder)
+  assert runs.check_or_create(workdir, on_folder)
+  _rewrite_manifest(workdir, drop_top=("slab_layout",))  # its boxes were cut another way
+  with pytest.raises(errors.UserError, match=r"other x-slabs"):
+    runs.check_or_create(workdir, on_folder)
+
+
 def test_a_second_process_is_locked_out(tmp_path):
   from keras_cnn import errors
   from keras_cnn import runs
