@@ -147,6 +147,10 @@ class DenseTwin(keras.Model):
         continue
       self.head_layers.append(layer)
     self.built = True  # every variable is the per-voxel model's, already built
+    # Inputs pass as they come: each layer of the per-voxel model casts them to its own
+    # compute dtype (under mixed_bfloat16 the condition stays float32, like the
+    # per-voxel model's, so a time of ~600 Myr keeps its digits).
+    self.autocast = False
 
   def folds(self) -> Sequence[int]:
     """Fold factors in order: stride then pooling, per block (1s skipped)."""

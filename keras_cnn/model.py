@@ -315,7 +315,9 @@ def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Seque
   if config.conditioning != "none":
     condition = keras.Input(shape=(1,), name=conditioning.INPUT_NAME)
     mean, std = condition_stats if condition_stats is not None else (0.0, 1.0)
-    scaled = Condition(config.conditioning, mean, std, name=conditioning.LAYER_NAME)(condition)
+    # float32 even under mixed_bfloat16: a cosmic time of ~600 Myr keeps its digits.
+    scaled = Condition(config.conditioning, mean, std, dtype="float32",
+                       name=conditioning.LAYER_NAME)(condition)
     x = keras.layers.Concatenate(axis=-1, name="concatenate_condition")([x, scaled])
     inputs[conditioning.INPUT_NAME] = condition
   for i, units in enumerate(config.dense_units):

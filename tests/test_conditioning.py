@@ -32,6 +32,7 @@ def _crops(fields, centres, radius):
   return pipeline.periodic_crops(fields, np.asarray(centres), radius)
 
 
+@pytest.mark.backend
 def test_the_condition_changes_the_map_and_the_dense_twin_matches_per_voxel():
   model = _model()
   assert conditioning.of_model(model) == "redshift"
@@ -43,7 +44,7 @@ def test_the_condition_changes_the_map_and_the_dense_twin_matches_per_voxel():
   igm = rng.normal(size=(2, side, side, side, 1)).astype(np.float32)
   src = rng.poisson(0.5, size=(2, side, side, side, 1)).astype(np.float32)
   redshifts = np.array([[7.0], [9.5]], np.float32)  # another value per tile of the batch
-  tiles = np.asarray(twin({"n_igm": igm, "n_src": src, "condition": redshifts}))
+  tiles = keras.ops.convert_to_numpy(twin({"n_igm": igm, "n_src": src, "condition": redshifts}))
   crop = CONFIG.crop_size
   for b in range(2):
     for t in [(0, 0, 0), (4, 2, 3), (1, 4, 0)]:
@@ -59,9 +60,11 @@ def test_the_condition_changes_the_map_and_the_dense_twin_matches_per_voxel():
       "n_src": src[:1].repeat(2, 0),
       "condition": redshifts
   })
-  assert np.abs(np.asarray(same_fields[0]) - np.asarray(same_fields[1])).max() > 1e-4
+  same_fields = keras.ops.convert_to_numpy(same_fields)
+  assert np.abs(same_fields[0] - same_fields[1]).max() > 1e-4
 
 
+@pytest.mark.backend
 def test_a_conditioned_model_saves_loads_and_refuses_a_missing_condition(tmp_path):
   model = _model()
   path = str(tmp_path / "conditioned.keras")
@@ -81,6 +84,34 @@ def test_a_conditioned_model_saves_loads_and_refuses_a_missing_condition(tmp_pat
   assert conditioning.of_model(plain) == "none"
   with pytest.raises(ValueError, match="takes no condition"):
     inference.predict_map(plain, box.n_igm, box.n_src, progress=False, condition=8.0)
+
+
+def test_the_condition_keeps_float32_under_mixed_bfloat16():
+  """8.397 and 8.375 are one number in bfloat16; the twin must tell them apart."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("mixed_bfloat16")
+  try:
+    model = _model()
+    twin = dense.DenseTwin(model)
+    side = 1 + 2 * CONFIG.radius
+    rng = np.random.default_rng(1)
+    fields = {
+        "n_igm": rng.normal(size=(1, side, side, side, 1)).astype(np.float32),
+        "n_src": rng.poisson(0.5, size=(1, side, side, side, 1)).astype(np.float32)
+    }
+    # A weight on the condition large enough that 0.022 in z moves the output visibly.
+    dense_layer = model.get_layer("dense")
+    kernel = keras.ops.convert_to_numpy(dense_layer.kernel)
+    kernel[-1] = 50.0
+    dense_layer.kernel.assign(kernel)
+    outputs = [
+        float(np.asarray(twin({
+            **fields, "condition": np.array([[z]], np.float32)
+        })).ravel()[0]) for z in (8.397, 8.375)
+    ]
+  finally:
+    keras.config.set_dtype_policy(previous)
+  assert outputs[0] != outputs[1]
 
 
 def test_values_per_kind():
