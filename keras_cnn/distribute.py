@@ -55,6 +55,8 @@ import logging
 import os
 from typing import Iterator, Optional, Sequence
 
+from keras_cnn import errors
+
 DISTRIBUTIONS = ("none", "data_parallel")
 
 # Process-wide state: a tf.distribute strategy (MultiWorkerMirroredStrategy in particular)
@@ -226,11 +228,16 @@ def distribution_scope(kind: str = "none",
   raise ValueError(f"--distribution=data_parallel: unsupported backend {backend!r}")
 
 
+class BatchSizeError(errors.UserError):
+  """A global batch that does not split over the replicas (a flag error: one line)."""
+
+
 def check_global_batch(batch_size: int, info: DistributionInfo) -> None:
-  """Raises ValueError naming --batch_size unless it splits evenly over the replicas."""
+  """Raises BatchSizeError naming --batch_size unless it splits evenly over the replicas."""
   if batch_size < info.num_replicas or batch_size % info.num_replicas:
-    raise ValueError(f"--batch_size={batch_size} is the global batch and must be a multiple of the "
-                     f"{info.num_replicas} replicas of --distribution={info.kind} ({info.backend})")
+    raise BatchSizeError(
+        f"--batch_size={batch_size} is the global batch and must be a multiple of the "
+        f"{info.num_replicas} replicas of --distribution={info.kind} ({info.backend})")
 
 
 @contextlib.contextmanager

@@ -322,7 +322,8 @@ def train_and_evaluate(
     The test metrics (also in workdir/metrics.json).
   """
 
-  fresh = not os.path.isdir(workdir) or not os.listdir(workdir)
+  created = not os.path.exists(workdir)
+  fresh = created or (os.path.isdir(workdir) and not os.listdir(workdir))
   os.makedirs(workdir, exist_ok=True)
   resumed = runs.check_or_create(workdir, config)
   abandoned = False
@@ -355,8 +356,15 @@ def train_and_evaluate(
       finally:
         keras.config.set_dtype_policy(previous_policy)
   finally:
-    if abandoned:
+    if abandoned and created:
       shutil.rmtree(workdir, ignore_errors=True)
+    elif abandoned:  # the user's empty folder: empty again, and kept
+      for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
 
 
 def is_finished(workdir: str) -> bool:
