@@ -74,6 +74,16 @@ def data_fingerprint(data_dirs: Union[None, str, Sequence[str]]) -> Optional[str
   return digest.hexdigest()[:16]
 
 
+def _slab_layout(recorded: dict) -> int:
+  """The slab layout of a recorded manifest: written since version 2; before that, a
+  manifest with a setting added after version 2 came in (batch_norm_momentum,
+  source_units) was cut by version 2 as well."""
+  if "slab_layout" in recorded:
+    return int(recorded["slab_layout"])
+  later = ("batch_norm_momentum", "source_units")
+  return 2 if any(key in recorded.get("settings", {}) for key in later) else 1
+
+
 def manifest_for(config) -> dict:
   settings = {k: v for k, v in _flatten(config).items() if k not in HARMLESS}
   return {
@@ -112,7 +122,7 @@ def check_or_create(workdir: str, config) -> bool:
     finished = all(
         os.path.exists(os.path.join(workdir, name))
         for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
-    if (config.data.data_dir and not finished and recorded.get("slab_layout", 1) != SLAB_LAYOUT):
+    if config.data.data_dir and not finished and _slab_layout(recorded) != SLAB_LAYOUT:
       raise errors.UserError(
           f"--workdir={workdir} holds a run begun by an older keras_cnn, which cut the boxes "
           "of --data_dir into other x-slabs; resuming would mix its splits: choose a new "
