@@ -138,7 +138,8 @@ def define_data_flags() -> None:
       _RedshiftParser(allow_all=True, as_list=False), "redshift", data.redshift,
       "Snapshots of --data_dir: a redshift (needed if it holds several), a comma "
       "list, or all (matched by value). evaluate scores each; predict paints "
-      "--box_index; train: see --test_redshifts.", serializer=_RedshiftSerializer())
+      "--box_index; train: see --test_redshifts. Without folders: the built-in "
+      "simulator's redshift (one; default 8.397).", serializer=_RedshiftSerializer())
   flags.DEFINE_string(
       "dataset", data.dataset, "'synthetic' (the built-in simulator; independent realizations per "
       "split) or a TFDS name such as reionization_boxes/synthetic_64.")

@@ -199,3 +199,16 @@ def test_one_small_box_at_the_default_radius_is_refused_in_one_line(snapshot_dir
       "validation": (26, 33),
       "test": (45, 52)
   }
+
+
+def test_the_built_in_simulator_takes_one_redshift():
+  """--redshift without folders sets the simulator's redshift; a list is refused."""
+  splits = splits_lib.load_splits(None, 9.0, "synthetic", RADIUS, n_cells=N, mean_xhii=0.3)
+  assert {s.redshift for data in splits.values() for s in data.snapshots} == {9.0}
+  default = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N)
+  assert {s.redshift for data in default.values() for s in data.snapshots} == {8.397}
+  # the growth factor at z = 9 is smaller: a less contrasted density than at z = 8.397
+  assert splits["test"].snapshots[0].n_igm.std() < default["test"].snapshots[0].n_igm.std()
+  assert splits_lib.load_box(None, 9.0, "synthetic", n_cells=N)[0].redshift == 9.0
+  with pytest.raises(errors.UserError, match="one redshift per run"):
+    splits_lib.load_splits(None, (9.0, 7.5), "synthetic", RADIUS, n_cells=N)

@@ -65,13 +65,26 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
     ]
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate  # heavy imports only when simulating
-    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)[split]
+    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
+                                     **_simulator_redshift(redshift))[split]
   from keras_cnn.datasets import reionization_boxes  # TFDS only when asked for
 
   snapshots = reionization_boxes.load_tfds_snapshots(dataset, split, data_dir=tfds_data_dir)
   for snap in snapshots:
     snapshot_lib.validate_snapshot(snap, radius=radius, require_target=require_target)
   return snapshots
+
+
+def _simulator_redshift(redshift: snapshot_lib.RedshiftSelection) -> dict:
+  """The built-in simulator's redshift argument for --redshift: its default without one."""
+  if redshift is None:
+    return {}
+  if isinstance(redshift, (int, float)):
+    return {"redshift": float(redshift)}
+  raise errors.UserError(
+      f"--redshift={redshift if isinstance(redshift, str) else ','.join(map(str, redshift))}: "
+      "the built-in simulator makes one redshift per run; pass one, or write snapshots at "
+      "several to folders and give --data_dir or --train_dirs / --validation_dirs / --test_dirs")
 
 
 def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, dataset: str,
@@ -114,7 +127,8 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
                         split_dirs)
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
-    splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii)
+    splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
+                                       **_simulator_redshift(redshift))
     for snaps in splits.values():
       for snap in snaps:
         snapshot_lib.validate_snapshot(snap, radius=radius)
