@@ -11,8 +11,7 @@ of a reionization history, z = 9.0 / 8.397 / 7.5 with mean x_HII 0.3 / 0.5 / 0.7
 `test/` (realization 2) at the middle one, which no training box shows, and `test_seen/`
 (realization 2) at the outer ones. It prints the train commands of the models to compare:
 trained on both outer redshifts without and with conditioning (redshift, mean x_HII),
-and one model per redshift (the built-in simulator's default data at that redshift and
-mean x_HII).
+and one model per redshift (the same training box at that redshift only).
 
 `score` evaluates every model on each of the three realization-2 boxes (the whole box,
 `keras_cnn.inference.evaluate_model`; a conditioned model gets each box's own value) and
@@ -60,11 +59,12 @@ def make_data(out: str, n_cells: int) -> None:
         "itself):")
   for kind in ("none", "redshift", "mean_xhii"):
     print(f"python -m keras_cnn.train --workdir={runs}/{kind} {both} --conditioning={kind}")
-  for redshift, mean_xhii in OUTER:
-    print(f"python -m keras_cnn.train --workdir={runs}/z{redshift} --redshift={redshift} "
-          f"--mean_xhii={mean_xhii}")
+  for redshift, _ in OUTER:  # the same training box as above, at one redshift only
+    print(f"python -m keras_cnn.train --workdir={runs}/z{redshift} --train_dirs={out}/train "
+          f"--validation_dirs={out}/validation --test_dirs={out}/test_seen "
+          f"--redshift={redshift}")
   print("(one model per redshift at z = 8.397: the shipped "
-        "saved_models/default_r15_synthetic64.keras)")
+        "saved_models/default_r15_synthetic64.keras, trained on the built-in data there)")
 
 
 def score(out: str, models) -> None:
