@@ -21,10 +21,11 @@ and ionized-map accuracy per box.
 
 import json
 import os
-import tempfile
 
 from absl import app
 from absl import flags
+
+from keras_cnn import benchmarks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Folder of the snapshots (make_data writes it).")
@@ -68,8 +69,6 @@ def make_data(out: str, n_cells: int) -> None:
 
 
 def score(out: str, models) -> None:
-  from keras_cnn import inference
-  from keras_cnn import model as model_lib
   from keras_cnn.data import snapshot as snapshot_lib
 
   boxes = []
@@ -77,17 +76,10 @@ def score(out: str, models) -> None:
     folder = "test" if redshift == POINTS[1][0] else "test_seen"
     boxes.append(snapshot_lib.load_snapshot(os.path.join(out, folder), redshift))
   rows = []
-  for spec in models:
-    label, _, path = spec.partition("=")
-    if not path:
-      raise app.UsageError(f"--models entry {spec!r} is not label=path")
-    model = inference.load_model(path)
+  for label, model in benchmarks.labelled_models(models):
     cells = []
     for box in boxes:
-      box = snapshot_lib.for_model(box, model_lib.source_transform_of(model))
-      with tempfile.TemporaryDirectory() as scratch:
-        metrics = inference.evaluate_model(model, [box], scratch, power_spectrum="off",
-                                           progress=False)
+      metrics = benchmarks.score_box(model, box)
       true_mean = float(box.x_hii.mean())
       pred_mean = metrics["mean_xhii_pred"]
       line = {

@@ -13,10 +13,11 @@ Markdown table of R^2 / mean predicted x_HII, and whether the domain check
 
 import dataclasses
 import json
-import tempfile
 
 from absl import app
 from absl import flags
+
+from keras_cnn import benchmarks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", [], "label=path of each .keras model, in table order.")
@@ -31,7 +32,6 @@ def main(argv) -> None:
   from absl import logging
 
   from keras_cnn import domain
-  from keras_cnn import inference
   from keras_cnn import model as model_lib
   from keras_cnn.data import simulate
   from keras_cnn.data import snapshot as snapshot_lib
@@ -40,19 +40,13 @@ def main(argv) -> None:
   box = simulate.synthetic_splits(n_cells=FLAGS.n_cells, seed=FLAGS.data_seed)["test"][0]
   scales = [float(s) for s in FLAGS.scales]
   rows = []
-  for spec in FLAGS.models:
-    label, _, path = spec.partition("=")
-    if not path:
-      raise app.UsageError(f"--models entry {spec!r} is not label=path")
-    model = inference.load_model(path)
+  for label, model in benchmarks.labelled_models(FLAGS.models):
     cells = []
     for scale in scales:
       scaled = dataclasses.replace(box, n_src=box.n_src * scale)
-      scaled = snapshot_lib.for_model(scaled, model_lib.source_transform_of(model))
-      warned = bool(domain.check_inputs(model, [scaled], model_name=label))
-      with tempfile.TemporaryDirectory() as scratch:
-        metrics = inference.evaluate_model(model, [scaled], scratch, power_spectrum="off",
-                                           progress=False)
+      as_taken = snapshot_lib.for_model(scaled, model_lib.source_transform_of(model))
+      warned = bool(domain.check_inputs(model, [as_taken], model_name=label))
+      metrics = benchmarks.score_box(model, scaled)
       line = {
           "model": label,
           "source_scale": scale,
