@@ -3,27 +3,84 @@ training history file."""
 
 import contextlib
 import csv
+import errno
 import os
-import tempfile
-from typing import Dict, List
+import secrets
+from typing import Dict, List, Tuple
+
+from keras_cnn import errors
+
+
+def make_temp(folder: str, prefix: str, suffix: str = ".tmp") -> Tuple[int, str]:
+  """(descriptor, path) of a new, empty file in `folder` under a unique hidden name.
+
+  Unlike `tempfile.mkstemp` (always mode 0600), the file gets the mode a plain `open`
+  would give (0666 less the umask), so collaborators who could read the user's other
+  files can read this one once it is renamed into place.
+  """
+  for _ in range(100):
+    path = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+    try:
+      return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+    except FileExistsError:
+      continue
+  raise FileExistsError(errno.EEXIST, "no free temporary name", folder)
+
+
+def commit_new(tmp_path: str, path: str) -> None:
+  """Moves the complete file `tmp_path` to `path`, which must not exist yet.
+
+  A rename would silently replace a file that another process wrote to `path` after
+  this one checked it; a hard link fails instead. File systems without hard links get
+  the path claimed with O_EXCL (an empty file, for the instant before the rename).
+
+  Raises:
+    errors.UserError: `path` exists (a dangling symbolic link included); `tmp_path` is
+      removed.
+  """
+  try:
+    _link_or_claim(tmp_path, path)
+  except FileExistsError:
+    os.remove(tmp_path)
+    raise errors.UserError(f"{path} was written by another process while this command ran; "
+                           "it is kept: choose another path, or pass --overwrite to "
+                           "replace it") from None
+
+
+def _link_or_claim(tmp_path: str, path: str) -> None:
+  try:
+    os.link(tmp_path, path)
+  except FileExistsError:
+    raise
+  except OSError as error:  # no hard links here
+    if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+      raise
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.replace(tmp_path, path)
+    return
+  os.remove(tmp_path)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb"):
+def atomic_open(path: str, mode: str = "wb", exclusive: bool = False):
   """Yields a stream to a temporary file beside `path` that replaces `path` on success.
 
-  On any exception the temporary file is removed and `path` is left as it was.
+  On any exception the temporary file is removed and `path` is left as it was. With
+  `exclusive`, `path` must not exist when the file is committed (`commit_new`): of two
+  processes writing one path, the second fails rather than replacing the first's file.
   """
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                      suffix=".tmp")
+  handle, tmp_path = make_temp(folder, prefix=f".{os.path.basename(path)}.")
   try:
     with os.fdopen(handle, mode) as stream:
       yield stream
       stream.flush()
       os.fsync(stream.fileno())
-    os.replace(tmp_path, path)
+    if exclusive:
+      commit_new(tmp_path, path)
+    else:
+      os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)

@@ -13,13 +13,13 @@ folder. `load_snapshot` checks them before any training starts and raises
 import dataclasses
 import functools
 import os
-import tempfile
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import logging
 
 from keras_cnn import errors
+from keras_cnn import io_utils
 
 if TYPE_CHECKING:
   from keras_cnn.data import formats
@@ -35,6 +35,9 @@ class SnapshotError(errors.UserError):
 # Which snapshots of a folder: None (its only one), one redshift, several, or "all".
 RedshiftSelection = Union[None, float, str, Tuple[float, ...]]
 ALL_REDSHIFTS = "all"
+
+# x_HII this far outside [0, 1] is float round-off of the simulation code: clipped, not refused.
+X_HII_ROUND_OFF = 1e-6
 
 
 @dataclasses.dataclass
@@ -283,7 +286,21 @@ def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_targe
                           field: item.label for field, item in chosen.files.items()
                       })
   validate_snapshot(snapshot, radius=radius, require_target=require_target)
-  return snapshot
+  return clip_round_off(snapshot)
+
+
+def clip_round_off(snapshot: Snapshot) -> Snapshot:
+  """The snapshot with x_HII values within X_HII_ROUND_OFF of [0, 1] clipped into it (the
+  count is logged); the same object when there are none."""
+  x_hii = snapshot.x_hii
+  if x_hii is None:
+    return snapshot
+  outside = int(((x_hii < 0) | (x_hii > 1)).sum())
+  if not outside:
+    return snapshot
+  logging.info("%s: clipped %d x_HII values within %g of [0, 1] (float round-off) into it",
+               _field_label(snapshot, "x_hii"), outside, X_HII_ROUND_OFF)
+  return dataclasses.replace(snapshot, x_hii=np.clip(x_hii, 0, 1).astype(x_hii.dtype, copy=False))
 
 
 def _check_dtype(array: np.ndarray, label: str, field: str) -> None:
@@ -347,11 +364,13 @@ def validate_snapshot(snapshot: Snapshot, radius: Optional[int] = None,
     if field == "rho" and not float(array.mean(dtype=np.float64)) > 0.0:
       raise SnapshotError(f"{label}: field 'rho' is zero everywhere; the overdensity is undefined")
     if field == "x_hii":
-      outside = int(((array < 0) | (array > 1)).sum())
+      tolerance = X_HII_ROUND_OFF
+      outside = int(((array < -tolerance) | (array > 1 + tolerance)).sum())
       if outside:
         raise SnapshotError(
             f"{label}: field 'x_hii' is outside [0, 1] in {outside} of {array.size} cells "
-            f"(min {float(array.min()):.4g}, max {float(array.max()):.4g})")
+            f"(min {array.min()!s}, max {array.max()!s}); values within {tolerance:g} of it would "
+            "be clipped as round-off")
 
   if radius is not None:
     if radius < 0:
@@ -386,8 +405,8 @@ def save_snapshot(snapshot: Snapshot, data_dir: str) -> Dict[str, str]:
     for field, array in fields.items():
       if array is None:
         continue
-      handle, tmp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{FILE_PREFIXES[field]}_",
-                                          suffix=".npy.tmp")
+      handle, tmp_path = io_utils.make_temp(data_dir, prefix=f".{FILE_PREFIXES[field]}_",
+                                            suffix=".npy.tmp")
       pending[field] = tmp_path
       with os.fdopen(handle, "wb") as stream:
         np.save(stream, np.asarray(array, dtype=np.float32), allow_pickle=False)
