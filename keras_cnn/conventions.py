@@ -2,8 +2,8 @@
 
 A training workdir holds MODEL_FILE, METRICS_FILE, HISTORY_FILE, FLAGS_FILE, the
 figures, the run manifest and, while a run is unfinished, BEST_FILE, BACKUP_DIR
-and FIT_DONE_FILE. An evaluation folder holds METRICS_FILE, POWER_SPECTRUM_FILE and
-figures.
+and FIT_DONE_FILE. An evaluation folder holds METRICS_FILE, POWER_SPECTRUM_FILE, figures
+and EVALUATION_FILE.
 """
 
 SPLITS = ("train", "validation", "test")
@@ -22,6 +22,7 @@ HISTORY_FILE = "history.csv"
 FLAGS_FILE = "flags.txt"
 POWER_SPECTRUM_FILE = "power_spectrum.csv"
 MANIFEST_FILE = "keras_cnn_run.json"
+EVALUATION_FILE = "keras_cnn_evaluation.json"  # marks an evaluation folder as keras_cnn's
 LOCK_FILE = ".keras_cnn.lock"
 HISTORY_PNG = "history.png"
 PRED_VS_TRUE_PNG = "pred_vs_true.png"

@@ -10,7 +10,9 @@ ones on a fixed random subset (`keras_cnn.inference.evaluate_model`).
 
 Prints exactly one JSON line on stdout, the content of `out/metrics.json`, and writes
 the figures and `power_spectrum.csv` beside it. Progress and logs go to stderr. An
-existing non-empty --out folder is refused unless --overwrite.
+existing non-empty --out folder is refused unless --overwrite, except one that holds
+this same evaluation (its marker records the settings): an interrupted evaluation is
+finished by running the same command again.
 """
 
 import json
@@ -24,11 +26,34 @@ from keras_cnn import cli_flags
 from keras_cnn import conventions
 from keras_cnn import domain
 from keras_cnn import model as model_lib
+from keras_cnn import runs
 from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_evaluate_flags()
 flags.adopt_module_key_flags(cli_flags)
+
+# Flags that change what an evaluation writes (the others change only how fast or how
+# loudly it runs); recorded in the --out folder's marker.
+DEFINING_FLAGS = ("redshift", "dataset", "split", "tfds_data_dir", "n_cells", "mean_xhii",
+                  "data_seed", "data_format", "box_size_mpc", "engine", "max_full_voxels",
+                  "num_examples", "sample_seed", "cell_size_mpc", "power_spectrum",
+                  "condition_value", "history")
+
+
+def evaluation_settings(flag_values=FLAGS) -> dict:
+  """What defines this evaluation: the model file, the data and the defining flags."""
+  data_dir = flag_values.data_dir
+  settings = {
+      "model": os.path.realpath(flag_values.model),
+      "the model file": runs.file_fingerprint(flag_values.model),
+      "data_dir": os.path.realpath(data_dir) if data_dir else None,
+      "the files of --data_dir": runs.data_fingerprint(data_dir),
+  }
+  for name in DEFINING_FLAGS:
+    value = flag_values[name].value
+    settings[name] = list(value) if isinstance(value, tuple) else value
+  return settings
 
 
 def main(argv):
@@ -42,6 +67,11 @@ def main(argv):
   if FLAGS.history and not os.path.isfile(FLAGS.history):
     raise app.UsageError(f"--history={FLAGS.history}: no such file")
   cli_flags.check_output_path(FLAGS.out, is_dir=True)
+  if not os.path.isfile(FLAGS.model):
+    raise app.UsageError(f"--model={FLAGS.model}: no such file")
+  settings = evaluation_settings()
+  if runs.check_evaluation_dir(FLAGS.out, settings, FLAGS.overwrite):
+    logging.info("%s holds this evaluation already; replacing its files.", FLAGS.out)
   model = cli_flags.load_model_or_exit(FLAGS.model)
   cli_flags.condition_kind_or_exit(model, FLAGS.model)
   try:
@@ -52,6 +82,7 @@ def main(argv):
                                             require_target=True)
   snapshots = [snapshot_lib.for_model(s, model_lib.source_transform_of(model)) for s in snapshots]
   domain.check_inputs(model, snapshots, strict=FLAGS.strict_domain, model_name=FLAGS.model)
+  runs.mark_evaluation_dir(FLAGS.out, settings)
   metrics = inference.evaluate_model(
       model, snapshots, FLAGS.out, batch_size=batch_size, max_full_voxels=FLAGS.max_full_voxels,
       num_examples=FLAGS.num_examples, seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,

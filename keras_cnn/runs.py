@@ -1,9 +1,12 @@
-"""A training workdir's identity: a manifest of the flags that define the run, and a lock.
+"""A training workdir's identity: a manifest of the flags that define the run, and a lock;
+and an evaluation folder's marker.
 
 The manifest (`keras_cnn_run.json`) marks a folder as one keras_cnn wrote. A folder
 with files but no manifest is the user's and is never written into. A rerun whose
 defining settings differ from the manifest's is refused with the names of the flags
 that differ. A lock file keeps a second process out of a workdir while one trains.
+An evaluation's --out folder carries a marker of its own (`keras_cnn_evaluation.json`)
+in the same way, so an interrupted evaluation is finished by running it again.
 """
 
 import dataclasses
@@ -138,6 +141,59 @@ def check_or_create(workdir: str, config) -> bool:
     return True
   io_utils.write_text(path, json.dumps(wanted, indent=2, default=str) + "\n")
   return False
+
+
+def file_fingerprint(path: str) -> str:
+  """Hash of a file's size and modification time (a retrained model differs)."""
+  stat = os.stat(path)
+  return hashlib.sha256(f"{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _recorded_evaluation(out: str) -> Optional[dict]:
+  """The settings in the evaluation marker of `out`; None without a marker, {} for an
+  unreadable one."""
+  path = os.path.join(out, conventions.EVALUATION_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as stream:
+      recorded = json.load(stream)
+    return dict(recorded["settings"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+
+
+def check_evaluation_dir(out: str, settings: Dict[str, object], overwrite: bool) -> bool:
+  """Refuses an evaluation folder that holds another evaluation (unless `overwrite`).
+
+  Returns:
+    True if `out` holds this evaluation already (finished or interrupted): its files
+    are replaced.
+  """
+  recorded = _recorded_evaluation(out)
+  if recorded is None:
+    return False
+  wanted = json.loads(json.dumps(settings, default=str))
+  if recorded == wanted:
+    return True
+  if overwrite:
+    return False
+  changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+  detail = ", ".join(f"--{k}" if not k.startswith("the ") else k for k in changed)
+  raise errors.UserError(f"--out={out} holds an evaluation with other settings ({detail} "
+                         "differ); rerun with the same flags to finish it, pass --overwrite "
+                         "to replace it, or choose a new folder")
+
+
+def mark_evaluation_dir(out: str, settings: Dict[str, object]) -> None:
+  """Creates `out` if needed and records the evaluation's settings in it."""
+  os.makedirs(out, exist_ok=True)
+  io_utils.write_text(
+      os.path.join(out, conventions.EVALUATION_FILE),
+      json.dumps({
+          "keras_cnn_evaluation": 1,
+          "settings": settings
+      }, indent=2, default=str) + "\n")
 
 
 class WorkdirLock:
