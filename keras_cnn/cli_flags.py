@@ -12,6 +12,7 @@ GPU-sized network.
 import errno
 import math
 import os
+import stat
 
 from absl import flags
 
@@ -393,14 +394,54 @@ def require_flags(*names: str, flag_values=FLAGS) -> None:
     raise app.UsageError(f"{', '.join(missing)} must be given")
 
 
+# Where no command writes: the kernel's views of processes and devices.
+_SYSTEM_FOLDERS = ("/proc", "/sys")
+
+
+def _check_writable_place(out: str, is_dir: bool) -> None:
+  """Refuses an --out that cannot be written, before any work is done: under /proc or
+  /sys, a folder where a file is wanted (or a path ending in '/'), a file where a
+  folder is wanted, a special file, or a place whose nearest existing folder is not
+  writable."""
+  from absl import app
+
+  target = os.path.realpath(out)
+  for system in _SYSTEM_FOLDERS:
+    if target == system or target.startswith(system + os.sep):
+      raise app.UsageError(f"--out={out} is under {system}, where no output can be written; "
+                           "choose a path in one of your folders")
+  if not is_dir and out.endswith((os.sep, "/")):
+    raise app.UsageError(f"--out={out} ends in '/' but names the .npy file to write; give a "
+                         "file name")
+  if os.path.isdir(out) and not is_dir:
+    raise app.UsageError(f"--out={out} is a folder; give the path of the .npy file to write")
+  if os.path.exists(out) and not os.path.isdir(out):
+    if is_dir:
+      raise app.UsageError(f"--out={out} is a file; evaluate writes a folder: choose a new or "
+                           "empty folder")
+    if not stat.S_ISREG(os.stat(out).st_mode):
+      raise app.UsageError(f"--out={out} is not a regular file (a device, FIFO or socket); "
+                           "choose another path")
+  folder = os.path.dirname(os.path.abspath(out)) if not is_dir else os.path.abspath(out)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise app.UsageError(f"--out={out}: {folder} is not a folder")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise app.UsageError(f"--out={out}: the folder {folder} is not writable")
+
+
 def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
-  """Refuses an --out that would replace the user's files.
+  """Refuses an --out that cannot be written or would replace the user's files.
 
   Never one of the command's inputs (the model, a file of --data_dir) nor a training
-  workdir; otherwise an existing file (or non-empty folder) only with --overwrite.
+  workdir; otherwise an existing file (a dangling symbolic link included) or non-empty
+  folder only with --overwrite, except a folder that holds an evaluation marker (the
+  evaluation itself compares it). Checked before any work is done.
   """
   from absl import app
 
+  _check_writable_place(out, is_dir)
   target = os.path.realpath(out)
   inputs = [flag_values.model] if "model" in flag_values else []
   data_dir = flag_values.data_dir if "data_dir" in flag_values else None
@@ -416,15 +457,17 @@ def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
                          "are the run's); choose another folder")
   if flag_values.overwrite:
     return
-  if is_dir and os.path.isdir(out) and os.listdir(out):
+  if is_dir and os.path.isdir(out) and os.listdir(out) and not os.path.isfile(
+      os.path.join(out, conventions.EVALUATION_FILE)):
     raise app.UsageError(f"--out={out} is a folder that already holds files; pass "
                          "--overwrite to replace ours in it, or choose a new folder")
-  if os.path.exists(out) and not (is_dir and os.path.isdir(out)):
+  if os.path.lexists(out) and not (is_dir and os.path.isdir(out)):
     raise app.UsageError(f"--out={out} already exists; pass --overwrite to replace it")
 
 
 def load_model_or_exit(path: str):
-  """The --model file, loaded safely; a missing or unreadable file is a usage error."""
+  """The --model file, loaded safely and checked to be a keras_cnn network; a missing,
+  empty, truncated, legacy or foreign file is a usage error that says which."""
   from absl import app
 
   from keras_cnn import inference
@@ -433,6 +476,8 @@ def load_model_or_exit(path: str):
     return inference.load_model(path)
   except FileNotFoundError as error:
     raise app.UsageError(str(error)) from error
+  except inference.NotANetwork as error:
+    raise app.UsageError(f"--model={path}: {error}") from error
   except (ValueError, OSError, TypeError, KeyError) as error:
     raise app.UsageError(f"--model={path}: not a loadable keras_cnn model ({error})") from error
 
@@ -469,13 +514,28 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
 _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
 
 
+def _parse_or_exit(argv):
+  """absl's flag parsing, with a bad flag as one `Error:` line and exit status 2."""
+  import sys
+
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    sys.stderr.write(f"Error: {error}\n")
+    sys.exit(2)
+
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
+
+
 def run(main) -> None:
   """`app.run(main)`, with user errors as one line on stderr and exit status 2.
 
-  A `keras_cnn.errors.UserError` (bad data, folders, model files) or a usage error
-  raised in `main` is a mistake of the user, not a bug: it ends the command with its
-  message alone. Set
-  KERAS_CNN_TRACEBACK=1 to see the traceback anyway.
+  A `keras_cnn.errors.UserError` (bad data, folders, model files), a usage error raised
+  in `main` or a flag that does not parse is a mistake of the user, not a bug: it ends
+  the command with its message alone. Ctrl-C ends it with one line and status 130;
+  every file is written under a temporary name first, so nothing partial is left and
+  the same command goes on. Set KERAS_CNN_TRACEBACK=1 to see the traceback anyway.
   """
   import sys
 
@@ -491,6 +551,11 @@ def run(main) -> None:
         raise
       sys.stderr.write(f"Error: {error}\n")
       sys.exit(2)
+    except KeyboardInterrupt:
+      if os.environ.get("KERAS_CNN_TRACEBACK"):
+        raise
+      sys.stderr.write("\ninterrupted; run the same command to go on\n")
+      sys.exit(INTERRUPTED_EXIT)
     except OSError as error:
       if error.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("KERAS_CNN_TRACEBACK"):
         raise
@@ -499,4 +564,4 @@ def run(main) -> None:
                        "fix it, then rerun the same command to go on\n")
       sys.exit(2)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_or_exit)

@@ -57,15 +57,66 @@ def shard_bounds(nx: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
   return start, start + base + (1 if shard_index < extra else 0)
 
 
+class NotANetwork(ValueError):
+  """A model file that is empty, truncated, legacy HDF5, or a Keras model of another kind."""
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_archive(path: str) -> None:
+  """NotANetwork unless `path` looks like a complete .keras archive (a zip file)."""
+  import zipfile
+
+  with open(path, "rb") as stream:
+    head = stream.read(8)
+  if not head:
+    raise NotANetwork("the file is empty (0 bytes); a keras_cnn model is a .keras file "
+                      "written by keras_cnn.train")
+  if head == _HDF5_SIGNATURE:
+    raise NotANetwork("a legacy Keras HDF5 (.h5) file; keras_cnn models are .keras files "
+                      "written by keras_cnn.train")
+  if not zipfile.is_zipfile(path):
+    raise NotANetwork("not a .keras archive (the file is truncated, or of another kind)")
+
+
+def check_network(model) -> None:
+  """NotANetwork unless `model` is a keras_cnn network: inputs n_igm and n_src (and
+  the condition, if any) of one (2r+1)^3 crop side, the source_transform layer, and one
+  x_HII per example."""
+  inputs = getattr(model, "inputs", None) or []
+  names = sorted(str(getattr(t, "name", "")).split(":")[0] for t in inputs)
+  expected = [["n_igm", "n_src"], sorted(["n_igm", "n_src", conditioning.INPUT_NAME])]
+  if names not in expected:
+    raise NotANetwork(f"a Keras model, but not a keras_cnn network (inputs "
+                      f"{', '.join(names) or 'none'}; expected n_igm and n_src)")
+  try:
+    model.get_layer("source_transform")
+    model_radius(model)
+  except ValueError as error:
+    raise NotANetwork(f"a Keras model, but not a keras_cnn network ({error})") from None
+  if tuple(model.outputs[0].shape[1:]) != (1,) or len(model.outputs) != 1:
+    raise NotANetwork("a Keras model, but not a keras_cnn network (its output is not one "
+                      "x_HII per example)")
+
+
 def load_model(path: str):
-  """A saved `.keras` model, loaded with safe_mode=True."""
+  """A saved `.keras` model of a keras_cnn network, loaded with safe_mode=True.
+
+  Raises:
+    FileNotFoundError: no such file.
+    NotANetwork: an empty, truncated or legacy file, or a model of another kind.
+  """
   import keras
 
   from keras_cnn import model as _  # registers SourceTransform  # noqa: F401
 
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--model={path}: no such file")
-  return keras.saving.load_model(path, safe_mode=True)
+  _check_archive(path)
+  model = keras.saving.load_model(path, safe_mode=True)
+  check_network(model)
+  return model
 
 
 def check_condition(model, condition: Optional[float]) -> None:
@@ -259,9 +310,13 @@ def predict_map(model, n_igm, n_src, engine: str = "auto", x_start: int = 0,
                         progress=progress, condition=condition)
 
 
-def save_array(array: np.ndarray, path: str) -> str:
-  """np.save to `path` via a temporary file in the same folder and os.replace."""
-  with io_utils.atomic_open(path, "wb") as stream:
+def save_array(array: np.ndarray, path: str, overwrite: bool = True) -> str:
+  """np.save to `path` via a temporary file in the same folder.
+
+  Without `overwrite` the path is claimed: a file that appeared there meanwhile (another
+  process's) is kept, and `keras_cnn.errors.UserError` raised (`io_utils.commit_new`).
+  """
+  with io_utils.atomic_open(path, "wb", exclusive=not overwrite) as stream:
     np.save(stream, array, allow_pickle=False)
   return path
 

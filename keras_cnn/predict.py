@@ -13,7 +13,10 @@ concatenated along x in shard order, are exactly the single-process map:
       [np.load(f'xhii_shard{i}.npy') for i in range(4)], axis=0))"
 
 The output file appears only when complete, and an existing file is never replaced
-without --overwrite (an input file never).
+without --overwrite (an input file never); of two commands writing one --out, the
+second to finish fails. A map is never written under a target's name (xHII_z{z}.npy,
+xfrac...) beside the density and sources of that redshift, where train and evaluate
+would read it as the simulation's x_HII.
 """
 
 from absl import app
@@ -24,6 +27,7 @@ from keras_cnn import cli_flags
 from keras_cnn import conditioning
 from keras_cnn import domain
 from keras_cnn import model as model_lib
+from keras_cnn.data import formats
 from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
@@ -40,6 +44,13 @@ def main(argv):
   batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
 
   cli_flags.check_output_path(FLAGS.out, is_dir=False)
+  targeted = formats.snapshot_targeted_by(FLAGS.out)
+  if targeted is not None:
+    raise app.UsageError(
+        f"--out={FLAGS.out} would be read as the x_HII target of the snapshot at "
+        f"z={formats.format_redshift(targeted.redshift)} whose density and sources are in that "
+        "folder, so evaluate and train would score the prediction against itself; choose "
+        "another file name or folder")
   model = cli_flags.load_model_or_exit(FLAGS.model)
   kind = cli_flags.condition_kind_or_exit(model, FLAGS.model)
   radius = inference.model_radius(model)
@@ -64,7 +75,7 @@ def main(argv):
                                 x_stop=stop, batch_size=batch_size,
                                 memory_budget_gb=FLAGS.memory_budget_gb, progress=FLAGS.progress,
                                 condition=condition)
-  inference.save_array(x_hii, FLAGS.out)
+  inference.save_array(x_hii, FLAGS.out, overwrite=FLAGS.overwrite)
   where = ("the whole box" if FLAGS.num_shards == 1 else
            f"shard {FLAGS.shard_index} of {FLAGS.num_shards}: x-planes [{start}, {stop}) "
            f"of a box of shape {tuple(snapshot.shape)}")

@@ -5,6 +5,7 @@ This file is intentionally kept short: it turns flags into a `TrainConfig` and c
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -45,6 +46,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
+  if os.path.lexists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    raise app.UsageError(f"--workdir={FLAGS.workdir} is a file, not a folder; choose a new or "
+                         "empty folder")
   try:  # sizes that cannot build fail here, in one line, before a workdir exists
     model_lib.validate_config(config.model)
   except ValueError as error:

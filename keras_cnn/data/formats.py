@@ -203,6 +203,35 @@ def scan(data_dir: str, data_format: str = "auto") -> List[SnapshotFiles]:
   return _group_by_redshift(found)
 
 
+def target_redshift(name: str) -> Optional[float]:
+  """The redshift in `name` if it is the file name of an x_HII target in some layout
+  (xHII_z{z}.npy, xfrac3d_{z}.bin, xfrac_z{z}.dat, ...), else None."""
+  for pattern, field, _, _ in _NAMED_LAYOUTS:
+    match = pattern.match(name)
+    if match and field == "x_hii":
+      return float(match.group(1))
+  return None
+
+
+def snapshot_targeted_by(path: str) -> Optional[SnapshotFiles]:
+  """The snapshot that would read the file `path` as its x_HII target: `path` has a
+  target's name and its folder holds the density and sources of that redshift. None
+  otherwise (an output folder of predicted maps holds no inputs)."""
+  redshift = target_redshift(os.path.basename(path))
+  folder = os.path.dirname(os.path.abspath(path))
+  if redshift is None or not os.path.isdir(folder):
+    return None
+  try:
+    snapshots = scan(folder)
+  except SnapshotError:
+    return None
+  for snapshot in snapshots:
+    if (abs(snapshot.redshift - redshift) <= REDSHIFT_TOLERANCE and "rho" in snapshot.files and
+        "n_src" in snapshot.files):
+      return snapshot
+  return None
+
+
 def _scan_hdf5(path: str, data_format: str) -> List[FieldFile]:
   """The 21cmFAST fields of one HDF5 file; other HDF5 files hold none."""
   try:
