@@ -5,7 +5,8 @@ Three sources, one result:
   whole snapshots of their own (`split_redshifts` of `data_dir`, `split_dirs`: other
   folders, e.g. other realizations). The splits without snapshots of their own share
   the selected snapshots of `data_dir` as x-slabs with guard bands >= r
-  (`keras_cnn.pipeline.split_regions`); one split alone takes them whole;
+  (`keras_cnn.pipeline.split_regions`); one split alone takes them whole; when no
+  snapshot is left for them, they are x-slabs of the training snapshots;
 - `dataset="synthetic"`: the built-in simulator, an independent realization per split;
 - any other `dataset`: a TFDS name whose splits are independent snapshots.
 """
@@ -112,7 +113,8 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
     split_dirs: {split: folders whose snapshots (picked by `redshift`) are its own}.
 
   Returns:
-    {split: SplitData}. A split's own snapshots are whole boxes (region None).
+    {split: SplitData}. A split's own snapshots are whole boxes (region None), but for
+    training snapshots that the other splits are cut from.
 
   Raises:
     errors.UserError: a split would be empty, or one snapshot is named for two splits.
@@ -197,7 +199,10 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
     if pool and not takers:
       logging.warning("%s: snapshots at z=%s serve no split (every split has its own)", data_dir,
                       ", ".join(_z(z) for z in pool))
-  if takers and not pool:
+  # Without a pool of shared snapshots, the splits without their own are carved from the
+  # training snapshots, as the splits of a single box are.
+  carve = bool(takers and not pool and own["train"] and "train" not in takers)
+  if takers and not pool and not carve:
     split = takers[0]
     where = (f"every snapshot --redshift picks of --data_dir={data_dir} serves another split"
              if data_dir else "no --data_dir is given")
@@ -218,7 +223,24 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
       split: SplitData([load(folder, z)
                         for folder, z in own[split]]) for split in conventions.SPLITS if own[split]
   }
-  if takers:
+  if carve:
+    boxes = result["train"].snapshots
+    lengths = sorted({box.shape[0] for box in boxes})
+    if len(lengths) > 1:
+      raise errors.UserError(
+          f"the {' and '.join(takers)} split would be empty, and its x-slabs cannot be cut from "
+          f"the training snapshots: they have {' and '.join(map(str, lengths))} cells along x; "
+          f"give it snapshots of its own with --{takers[0]}_redshifts or --{takers[0]}_dirs")
+    from keras_cnn import pipeline  # tensorflow import only when needed
+
+    regions = pipeline.split_regions(boxes[0].shape, radius, names=["train"] + takers)
+    logging.info(
+        "%s: no snapshots of their own; cut as x-slabs of the training snapshots, with guard "
+        "bands of %d cells (training keeps x in [%d, %d))", " and ".join(takers), radius,
+        *regions["train"])
+    for split in ["train"] + takers:
+      result[split] = SplitData(boxes, region=regions[split])
+  elif takers:
     boxes = [load(data_dir, z) for z in pool]
     if len(takers) == 1:
       result[takers[0]] = SplitData(boxes)
