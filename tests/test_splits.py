@@ -89,6 +89,28 @@ def test_splits_with_their_own_snapshots_get_them_whole(folders):
   }
 
 
+def test_splits_left_without_snapshots_are_cut_from_the_training_ones(folders, tmp_path):
+  main = folders["main"]
+  splits = _load(main, train_redshifts=(9.5, 8.397), test_redshifts=(7.305,))
+  assert _got(splits) == {
+      "train": ([("main", 9.5), ("main", 8.397)], False),
+      "validation": ([("main", 9.5), ("main", 8.397)], False),
+      "test": ([("main", 7.305)], True)
+  }
+  train, validation = splits["train"].region, splits["validation"].region
+  assert train[1] + RADIUS <= validation[0] and validation[1] + RADIUS <= N + train[0]
+  splits = _load(None, 8.397, train_dirs=(folders["real1"],))  # validation and test too
+  assert _got(splits) == {
+      split: ([("real1", 8.397)], False) for split in ("train", "validation", "test")
+  }
+  other = str(tmp_path / "other")  # training boxes of two x lengths: no common slabs
+  snapshot_lib.save_snapshot(simulate.simulate_snapshot((N + 4, N, N), seed=4), other)
+  with pytest.raises(
+      errors.UserError, match=r"cannot be cut from the training snapshots: "
+      r"they have 16 and 20 cells along x"):
+    _load(None, 8.397, train_dirs=(folders["real1"], other), test_dirs=(folders["real2"],))
+
+
 def test_realization_folders_per_split(folders):
   splits = _load(folders["main"], 8.397, validation_dirs=(folders["real1"],),
                  test_dirs=(folders["real2"],))

@@ -230,19 +230,6 @@ def test_a_run_begun_by_an_older_version_resumes_unless_its_computation_changed(
     runs.check_or_create(workdir, on_folder)
 
 
-def test_a_second_process_is_locked_out(tmp_path):
-  from keras_cnn import errors
-  from keras_cnn import runs
-
-  workdir = str(tmp_path / "run")
-  os.makedirs(workdir)
-  runs.check_or_create(workdir, TINY)
-  with open(os.path.join(workdir, conventions.LOCK_FILE), "w") as stream:
-    stream.write(str(os.getppid()))  # a live process that is not this one
-  with pytest.raises(errors.UserError, match=r"another keras_cnn process \(pid"):
-    training.train_and_evaluate(TINY, workdir)
-
-
 def test_patch_training_on_one_user_box_with_thin_slabs(tmp_path, snapshot_dir):
   """--data_dir with one box: validation/test slabs thinner than a patch still work."""
   from keras_cnn.data import simulate
