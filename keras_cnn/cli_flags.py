@@ -446,7 +446,11 @@ def check_output_path(out: str, is_dir: bool, flag_values=FLAGS) -> None:
   inputs = [flag_values.model] if "model" in flag_values else []
   data_dir = flag_values.data_dir if "data_dir" in flag_values else None
   if data_dir and os.path.isdir(data_dir):
-    inputs += [os.path.join(data_dir, name) for name in os.listdir(data_dir)]
+    inputs += [  # its files; a folder inside it (an earlier --out) is no input
+        os.path.join(data_dir, name)
+        for name in os.listdir(data_dir)
+        if not os.path.isdir(os.path.join(data_dir, name))
+    ]
     inputs.append(data_dir)
   for path in inputs:
     if path and os.path.realpath(path) == target:

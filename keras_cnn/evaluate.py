@@ -48,7 +48,7 @@ def evaluation_settings(flag_values=FLAGS) -> dict:
       "model": os.path.realpath(flag_values.model),
       "the model file": runs.file_fingerprint(flag_values.model),
       "data_dir": os.path.realpath(data_dir) if data_dir else None,
-      "the files of --data_dir": runs.data_fingerprint(data_dir),
+      "the files of --data_dir": runs.data_fingerprint(data_dir, files_only=True),
   }
   for name in DEFINING_FLAGS:
     value = flag_values[name].value

@@ -58,10 +58,12 @@ def _flatten(config) -> Dict[str, object]:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
-def data_fingerprint(data_dirs: Union[None, str, Sequence[str]]) -> Optional[str]:
+def data_fingerprint(data_dirs: Union[None, str, Sequence[str]],
+                     files_only: bool = False) -> Optional[str]:
   """Hash of the names, sizes and modification times of the files of the folders
   `data_dirs` (one folder or several, in order; None for the built-in simulator, whose
-  data the settings alone define)."""
+  data the settings alone define). `files_only` leaves out subfolders (an output folder
+  inside the data folder changes as it is written)."""
   if isinstance(data_dirs, str) or data_dirs is None:
     data_dirs = [data_dirs]
   folders = [folder for folder in data_dirs if folder and os.path.isdir(folder)]
@@ -73,6 +75,8 @@ def data_fingerprint(data_dirs: Union[None, str, Sequence[str]]) -> Optional[str
       digest.update(f"\0folder {i}\n".encode())
     for name in sorted(os.listdir(folder)):
       stat = os.stat(os.path.join(folder, name))
+      if files_only and not os.path.isfile(os.path.join(folder, name)):
+        continue
       digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return digest.hexdigest()[:16]
 

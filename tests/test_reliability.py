@@ -13,6 +13,7 @@ import configparser
 import csv
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -447,7 +448,7 @@ def test_a_workdir_or_evaluation_out_that_is_a_file_is_one_line(tmp_path, run_mo
 def test_an_evaluation_folder_is_finished_by_the_same_command(tmp_path, run_module, finished_run,
                                                               snapshot_dir):
   data_dir = snapshot_dir(tiny_snapshot((12, 12, 12)))
-  out = tmp_path / "eval"
+  out = pathlib.Path(data_dir) / "evaluations" / "eval"  # inside the data: not an input
   command = (f"--model={os.path.join(finished_run, conventions.MODEL_FILE)}",
              f"--data_dir={data_dir}", f"--out={out}", "--noprogress", "--power_spectrum=off")
   first = run_module("keras_cnn.evaluate", *command)
