@@ -278,8 +278,7 @@ def flattened_width(config: ModelConfig) -> int:
 
 
 def _branch(x, block_ids, config: ModelConfig):
-  for i, filters, stride in zip(block_ids, config.filters_per_block(),
-                                config.strides_per_block()):
+  for i, filters, stride in zip(block_ids, config.filters_per_block(), config.strides_per_block()):
     x = keras.layers.Conv3D(filters, config.kernel_size, strides=stride, padding=config.padding,
                             name=f"conv3d_{i}")(x)
     x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
