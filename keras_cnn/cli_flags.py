@@ -255,6 +255,12 @@ def define_train_flags() -> None:
                        "Fixed validation patches per epoch (--train_unit=patch).")
   flags.DEFINE_enum("loss", train.loss, sorted(training.LOSSES),
                     "mse, or bce: binary cross-entropy on x_HII in [0, 1].")
+  flags.DEFINE_float(
+      "ema_momentum", train.ema_momentum,
+      "Keep an exponential moving average of the weights with this momentum (e.g. 0.99; 0: "
+      "off); validation, the saved model and its scores use the average.")
+  flags.register_validator("ema_momentum", lambda v: 0.0 <= v < 1.0,
+                           message="--ema_momentum must be in [0, 1)")
   flags.DEFINE_enum(
       "lr_schedule", train.lr_schedule, list(training.LR_SCHEDULES),
       "plateau: halve the learning rate when val_loss stalls. cosine: decay "

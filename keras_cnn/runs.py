@@ -30,6 +30,7 @@ IMPLIED = {
     "block_filters": [],
     "block_strides": [],
     "box_size_mpc": None,
+    "ema_momentum": 0.0,
     "conditioning": "none",
     "data_format": "auto",
     "source_units": "simulator counts",
