@@ -30,7 +30,10 @@ HARMLESS = ("epochs", "patience", "time_budget_minutes", "jit_compile")
 # Keras' momentum 0.99 then, so those runs are told that --batch_norm_momentum differs).
 IMPLIED = {
     "batch_norm_momentum": 0.99,
+    "block_filters": [],
+    "block_strides": [],
     "box_size_mpc": None,
+    "ema_momentum": 0.0,
     "conditioning": "none",
     "data_format": "auto",
     "source_units": "simulator counts",

@@ -38,7 +38,7 @@ def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
       validation_patches=flag_values.validation_patches, loss=flag_values.loss,
       lr_schedule=flag_values.lr_schedule, distribution=flag_values.distribution,
       jit_compile=flag_values.jit_compile, precision=flag_values.precision,
-      source_units=flag_values.source_units)
+      source_units=flag_values.source_units, ema_momentum=flag_values.ema_momentum)
 
 
 def main(argv):

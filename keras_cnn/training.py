@@ -106,6 +106,9 @@ class TrainConfig:
   jit_compile: str = "auto"
   precision: str = "auto"
   source_units: str = domain.DEFAULT_SOURCE_UNITS  # recorded in the saved model
+  # Exponential moving average of the weights (0: off): validation, the saved model and
+  # its test scores use the average, training goes on with the raw weights.
+  ema_momentum: float = 0.0
 
 
 TRAIN_UNITS = ("voxel", "patch")
@@ -132,7 +135,16 @@ class SaveBest(keras.callbacks.Callback):
     if value is None or not np.isfinite(value) or value >= self.best:
       return
     self.best = float(value)
-    save_for_sharing(getattr(self.model, "per_voxel", self.model), self.path)
+    swap = None
+    if getattr(self.model.optimizer, "use_ema", False):  # save what was validated
+      swap = keras.callbacks.SwapEMAWeights()
+      swap.set_model(self.model)
+      swap.on_test_begin()
+    try:
+      save_for_sharing(getattr(self.model, "per_voxel", self.model), self.path)
+    finally:
+      if swap is not None:
+        swap.on_test_end()
     runs.kill_point(f"best_saved:{epoch}")
 
 
@@ -243,15 +255,18 @@ def resolve_precision(setting: str) -> str:
   return distribute.default_precision()
 
 
-def compile_model(model: keras.Model, learning_rate: float, jit_compile, loss: str = "mse") -> None:
-  """Adam with `loss` ('mse', or 'bce': binary cross-entropy on x_HII in [0, 1])."""
+def compile_model(model: keras.Model, learning_rate: float, jit_compile, loss: str = "mse",
+                  ema_momentum: float = 0.0) -> None:
+  """Adam with `loss` ('mse', or 'bce': binary cross-entropy on x_HII in [0, 1]), keeping
+  an exponential moving average of the weights when `ema_momentum` > 0."""
   if loss not in LOSSES:
     raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {loss!r}")
   metrics = [keras.metrics.R2Score(name="r2")]
   if loss != "mse":
     metrics.append(keras.metrics.MeanSquaredError(name="mse"))
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss], metrics=metrics,
-                jit_compile=jit_compile)
+  optimizer = keras.optimizers.Adam(learning_rate, use_ema=ema_momentum > 0,
+                                    ema_momentum=ema_momentum or 0.99)
+  model.compile(optimizer=optimizer, loss=LOSSES[loss], metrics=metrics, jit_compile=jit_compile)
 
 
 class CosineSchedule(keras.callbacks.Callback):
@@ -282,7 +297,8 @@ class CosineSchedule(keras.callbacks.Callback):
 
 def _callbacks(config: TrainConfig, workdir: str, history: list):
   best_so_far = min((float(row["val_loss"]) for row in history), default=None)
-  callbacks = [
+  callbacks = [keras.callbacks.SwapEMAWeights()] if config.ema_momentum else []
+  callbacks += [
       keras.callbacks.CSVLogger(os.path.join(workdir, conventions.HISTORY_FILE), append=True),
       # On resume, only a model better than the epochs already logged replaces best.keras.
       SaveBest(os.path.join(workdir, conventions.BEST_FILE), best_so_far),
@@ -473,7 +489,7 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, p
     model = model_lib.build_model(config.model, igm_stats, src_stats, domain=record,
                                   condition_stats=condition_stats)
     fitted = dense.DenseTwin(model, flat_output=True) if patches else model
-    compile_model(fitted, config.learning_rate, jit_compile, config.loss)
+    compile_model(fitted, config.learning_rate, jit_compile, config.loss, config.ema_momentum)
   logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",
                keras.backend.backend(), info.num_replicas, precision, jit_compile,
                f"{config.patch_size}^3 patches (dense twin)" if patches else "voxels")

@@ -11,7 +11,7 @@ import pytest
 
 from keras_cnn import conventions
 from keras_cnn import training
-from keras_cnn.model import ModelConfig
+from keras_cnn.model import ModelConfig, build_model
 
 TINY = training.TrainConfig(
     model=ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
@@ -163,6 +163,29 @@ def test_cosine_schedule_decays_to_zero_over_the_steps():
   ], atol=1e-7)
   with pytest.raises(ValueError, match="--loss must be one of"):
     training.compile_model(model, 0.01, False, loss="huber")
+
+
+@pytest.mark.backend
+def test_ema_run_validates_and_saves_the_averaged_weights(tmp_path):
+  """With --ema_momentum the shared model holds the moving average of the weights, not
+  the last raw weights, and the run resumes and finishes like any other."""
+  config = dataclasses.replace(TINY, ema_momentum=0.5, epochs=2)
+  model = build_model(config.model)
+  training.compile_model(model, 0.05, False, ema_momentum=0.5)
+  rng = np.random.default_rng(0)
+  shape = (16,) + model.inputs[0].shape[1:]
+  inputs = {"n_igm": rng.normal(size=shape), "n_src": rng.poisson(1.0, size=shape) * 1.0}
+  path = str(tmp_path / "best.keras")
+  model.fit(inputs, rng.random((16, 1)), validation_data=(inputs, rng.random((16, 1))), epochs=1,
+            verbose=0, callbacks=[keras.callbacks.SwapEMAWeights(),
+                                  training.SaveBest(path)])
+  saved = keras.saving.load_model(path, safe_mode=True)
+  average = [keras.ops.convert_to_numpy(v) for v in model.optimizer._model_variables_moving_average]
+  saved_trainable = [keras.ops.convert_to_numpy(v) for v in saved.trainable_variables]
+  for got, want in zip(saved_trainable, average):  # one epoch: the average at its end
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  metrics = training.train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(metrics["r2"])
 
 
 def test_foreign_or_changed_workdirs_are_refused(tmp_path):

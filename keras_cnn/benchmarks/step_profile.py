@@ -1,0 +1,262 @@
+"""Where the time of one patch-training step goes (TensorFlow, CPU).
+
+  python -m keras_cnn.benchmarks.step_profile
+  python -m keras_cnn.benchmarks.step_profile --precision=float32   # as an AVX2 float32 CPU runs it
+  ONEDNN_MAX_CPU_ISA=AVX2 python -m keras_cnn.benchmarks.step_profile --precision=float32
+
+The network and batch are the preset's (`--flagfile`, default flags/default.flags: its
+model flags, --patch_size and --batch_size). The dense twin's forward pass is walked
+stage by stage, as `keras_cnn.dense.DenseTwin.call` runs it: per block of each branch the
+convolution, the polyphase fold, BatchNormalization (training mode), LeakyReLU and
+pooling; then `dropout`, the `dense` convolution, the per-position head, the unfold and
+the loss. Each stage is timed alone (compiled with tf.function, median of --repeats) in
+its forward pass and in forward + backward (gradients for its inputs and weights), next
+to the whole step (`train_on_batch`, optimizer included), the optimizer's update alone,
+the input pipeline's batches/s and a float32 matmul of the same run.
+
+One JSON object per line: `stage`, `forward_ms`, `train_ms` (forward + backward),
+`share` (of the summed stage train_ms), `gflop` (forward FLOPs of the stage's
+convolutions and matmuls) and `gflop_per_s` (3 x gflop over train_ms). Then `stage`
+"step" (the real step, `step_ms`, `target_voxels_per_s`, `matmul_fraction`: useful twin
+FLOPs x 3 per target voxel times voxels/s over the matmul rate), "optimizer" and
+"input_pipeline".
+"""
+
+import json
+import os
+import statistics
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+PRESET = os.path.join(os.path.dirname(__file__), "..", "..", "flags", "default.flags")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("preset", PRESET, "Flagfile whose network, patch and batch sizes to use.")
+  flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
+                    "Keras dtype policy (auto: keras_cnn.distribute.default_precision).")
+  flags.DEFINE_integer("repeats", 5, "Timed calls per stage (after 2 untimed ones).", lower_bound=1)
+
+
+def preset_settings(path: str) -> dict:
+  """{flag name: value text} of a flagfile's `--name=value` lines."""
+  settings = {}
+  with open(path) as stream:
+    for line in stream:
+      line = line.strip()
+      if line.startswith("--") and "=" in line:
+        name, _, value = line[2:].partition("=")
+        settings[name] = value
+  return settings
+
+
+def preset_model_config(settings: dict):
+  """The ModelConfig a preset's model flags describe (other flags are ignored)."""
+  import dataclasses
+
+  from keras_cnn import model as model_lib
+
+  values = {}
+  for field in dataclasses.fields(model_lib.ModelConfig):
+    if field.name not in settings:
+      continue
+    text = settings[field.name]
+    default = getattr(model_lib.ModelConfig(), field.name)
+    if isinstance(default, tuple):
+      values[field.name] = tuple(int(v) for v in text.split(",") if v)
+    else:
+      values[field.name] = type(default)(text)
+  return model_lib.ModelConfig(**values)
+
+
+def _median_ms(fn, repeats: int) -> float:
+  for _ in range(2):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def _conv_gflop(x_shape, kernel_shape) -> float:
+  """Forward GFLOP of a 'valid' stride-1 Conv3D of input `x_shape` (B, n1, n2, n3, C)."""
+  k1, k2, k3, c_in, c_out = kernel_shape
+  out = [n - k + 1 for n, k in zip(x_shape[1:4], (k1, k2, k3))]
+  return 2.0 * x_shape[0] * out[0] * out[1] * out[2] * k1 * k2 * k3 * c_in * c_out / 1e9
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+  import keras
+  import numpy as np
+  import tensorflow as tf
+  from keras import ops
+
+  from keras_cnn import dense
+  from keras_cnn import distribute
+  from keras_cnn import model as model_lib
+  from keras_cnn import pipeline
+  from keras_cnn import training
+  from keras_cnn.benchmarks import flops
+  from keras_cnn.data import simulate
+  from keras_cnn.data import snapshot as snapshot_lib
+
+  if keras.backend.backend() != "tensorflow":
+    raise app.UsageError("this profile runs under KERAS_BACKEND=tensorflow")
+  settings = preset_settings(FLAGS.preset)
+  config = preset_model_config(settings)
+  patch = int(settings.get("patch_size", 16))
+  batch = int(settings.get("batch_size", 4))
+  precision = (distribute.default_precision() if FLAGS.precision == "auto" else FLAGS.precision)
+  keras.config.set_dtype_policy(precision)
+  matmul_gflops = flops.best_gflops(flops.backend_matmul("tensorflow"))
+
+  keras.utils.set_random_seed(0)
+  model = model_lib.build_model(config)
+  twin = dense.DenseTwin(model, flat_output=True)
+  training.compile_model(twin, 1e-3, False)
+  side = patch + 2 * config.radius
+  rng = np.random.default_rng(0)
+  inputs = {
+      "n_igm": rng.lognormal(0, 0.5, (batch, side, side, side, 1)).astype(np.float32) - 1,
+      "n_src": rng.poisson(0.2, (batch, side, side, side, 1)).astype(np.float32),
+  }
+  targets = rng.random((batch * patch ** 3, 1)).astype(np.float32)
+  repeats = FLAGS.repeats
+  rows = []
+
+  def stage(name, fn, x, variables=(), gflop=0.0):
+    """Times fn(x) forward and forward + backward; returns fn(x) for the next stage."""
+    x = tf.convert_to_tensor(x)
+    forward = tf.function(fn)
+
+    @tf.function
+    def train(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        total = tf.reduce_sum(tf.cast(y, tf.float32))
+      return tape.gradient(total, [x, *variables])
+
+    rows.append({
+        "stage": name,
+        "forward_ms": _median_ms(lambda: forward(x).numpy(), repeats),
+        "train_ms": _median_ms(lambda: [g.numpy() for g in train(x) if g is not None], repeats),
+        "gflop": gflop,
+    })
+    return forward(x)
+
+  layer = model.get_layer
+  outputs = []
+  for branch, blocks, name, transform in (("left", model_lib.LEFT_BLOCKS, "n_igm", None),
+                                          ("right", model_lib.RIGHT_BLOCKS, "n_src", True)):
+    x = inputs[name]
+    if transform:
+      x = layer("normalize_n_src")(layer("source_transform")(x))
+    else:
+      x = layer("normalize_n_igm")(x)
+    x = tf.cast(x, keras.config.dtype_policy().compute_dtype)
+    for i, stride in zip(blocks, twin.strides):
+      conv = layer(f"conv3d_{i}")
+      kernel_shape = tuple(conv.kernel.shape)
+      x = stage(
+          f"{branch}/conv3d_{i}", lambda x, conv=conv: ops.conv(x, ops.cast(
+              conv.kernel, x.dtype), padding="valid") + ops.cast(conv.bias, x.dtype), x,
+          conv.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
+      x = stage(f"{branch}/fold_{i}", lambda x, s=stride: dense.fold_phases(x, s), x)
+      bn = layer(f"batch_normalization_{i}")
+      x = stage(f"{branch}/batch_normalization_{i}", lambda x, bn=bn: bn(x, training=True), x,
+                bn.trainable_variables)
+      x = stage(f"{branch}/leaky_re_lu_{i}", layer(f"leaky_re_lu_{i}"), x)
+      if twin.pooling > 1:
+        x = stage(
+            f"{branch}/average_pooling_{i}", lambda x: dense.fold_phases(
+                ops.average_pool(x, twin.pooling, strides=1, padding="valid"), twin.pooling), x)
+    outputs.append(x)
+  x = ops.concatenate(outputs, axis=-1)
+  x = stage("head/dropout", lambda x: layer("dropout")(x, training=True), x)
+  dense_layer = layer("dense")
+  kernel_shape = (twin.head_side,) * 3 + (twin.head_channels, twin.head_units)
+  x = stage(
+      "head/dense_conv",
+      lambda x: ops.conv(x, ops.cast(ops.reshape(dense_layer.kernel, kernel_shape), x.dtype),
+                         padding="valid") + ops.cast(dense_layer.bias, x.dtype), x,
+      dense_layer.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
+
+  def head(x):
+    for head_layer in twin.head_layers:
+      if isinstance(head_layer, keras.layers.Dropout):
+        x = head_layer(x, training=True)
+      else:
+        x = head_layer(x)
+    return x
+
+  head_variables = [v for hl in twin.head_layers for v in hl.trainable_variables]
+  positions = int(np.prod(x.shape[:4]))
+  head_gflop = 2.0 * positions * sum(
+      int(np.prod(hl.kernel.shape)) for hl in twin.head_layers if hasattr(hl, "kernel")) / 1e9
+  x = stage("head/per_position_layers", head, x, head_variables, head_gflop)
+
+  def unfold_and_loss(x):
+    x = ops.cast(x, "float32")
+    for factor in reversed(twin.folds()):
+      x = dense.unfold_phases(x, factor)
+    x = ops.reshape(x[:, :patch, :patch, :patch, :], (-1, 1))
+    return ops.mean((x - targets) ** 2)
+
+  stage("head/unfold_and_loss", unfold_and_loss, x)
+
+  summed = sum(row["train_ms"] for row in rows)
+  for row in rows:
+    row["share"] = round(row["train_ms"] / summed, 3)
+    row["gflop_per_s"] = round(3 * row["gflop"] / (row["train_ms"] / 1e3), 1) if row["gflop"] else 0
+    row["forward_ms"] = round(row["forward_ms"], 2)
+    row["train_ms"] = round(row["train_ms"], 2)
+    row["gflop"] = round(row["gflop"], 3)
+    row["precision"] = precision
+    print(json.dumps(row), flush=True)
+
+  step_ms = _median_ms(lambda: twin.train_on_batch(inputs, targets), repeats)
+  voxels_per_s = batch * patch ** 3 / (step_ms / 1e3)
+  useful = 3 * flops.dense_flops_per_voxel(config) * voxels_per_s / 1e9
+  grads = [tf.zeros_like(v) for v in twin.trainable_variables]
+  apply = tf.function(lambda: twin.optimizer.apply(grads, twin.trainable_variables))
+  optimizer_ms = _median_ms(apply, repeats)
+  print(
+      json.dumps({
+          "stage": "step",
+          "step_ms": round(step_ms, 1),
+          "summed_stage_train_ms": round(summed, 1),
+          "target_voxels_per_s": round(voxels_per_s),
+          "useful_gflop_per_s": round(useful, 1),
+          "matmul_gflop_per_s": round(matmul_gflops, 1),
+          "matmul_fraction": round(useful / matmul_gflops, 3),
+          "precision": precision,
+          "patch_size": patch,
+          "batch_size": batch
+      }), flush=True)
+  print(json.dumps({"stage": "optimizer", "train_ms": round(optimizer_ms, 2)}), flush=True)
+
+  snapshot = simulate.simulate_snapshot(64, seed=0)
+  fields = [(snapshot_lib.overdensity(snapshot.rho), snapshot.n_src, snapshot.x_hii)]
+  iterator = iter(
+      pipeline.make_patch_dataset(fields, config.radius, patch, batch, training=True, seed=0))
+  batch_ms = _median_ms(lambda: next(iterator), max(repeats, 10))
+  print(
+      json.dumps({
+          "stage": "input_pipeline",
+          "batch_ms": round(batch_ms, 2),
+          "share_of_step": round(batch_ms / step_ms, 3)
+      }), flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,56 @@
+"""`python -m keras_cnn.tune`: search the training settings on your data (KerasTuner).
+
+    python -m keras_cnn.tune --workdir=runs/search --max_trials=12 --trial_minutes=5 \\
+        [train's data flags, e.g. --data_dir=/data/c2ray --redshift=8.397]
+
+Every flag of `train` sets what the trials start from; `--search` names the settings to
+vary (`keras_cnn.tuning.LEVERS`). Writes `workdir/tuning.csv` and `workdir/best.flags`
+(for `python -m keras_cnn.train --flagfile=workdir/best.flags`). The same command goes
+on after a kill. This file is intentionally kept short: `keras_cnn.tuning` does the work.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_cnn import cli_flags
+from keras_cnn import model as model_lib
+from keras_cnn import train
+from keras_cnn import tuning
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("max_trials", 12, "Trials in all (a rerun goes on to this number).",
+                     lower_bound=1)
+flags.DEFINE_float("trial_minutes", 5.0, "Wall-clock training budget of each trial.",
+                   lower_bound=0.01)
+flags.DEFINE_list("search", list(tuning.DEFAULT_SEARCH),
+                  "Settings to vary: any of " + ", ".join(tuning.LEVERS) + ".")
+flags.DEFINE_enum("tuner", "bayesian", list(tuning.TUNERS),
+                  "KerasTuner oracle: Bayesian optimization or random search.")
+flags.DEFINE_integer("tuner_seed", 0, "Seed of the oracle's proposals.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["workdir"].present:
+    raise app.UsageError("--workdir must be given (the search's folder)")
+  unknown = [name for name in FLAGS.search if name not in tuning.LEVERS]
+  if unknown or not FLAGS.search:
+    raise app.UsageError(f"--search: unknown or no settings {unknown}; choose from "
+                         f"{', '.join(tuning.LEVERS)}")
+  logging.set_verbosity(logging.INFO)
+  base = train.config_from_flags()
+  try:
+    model_lib.validate_config(base.model)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
+  rows = tuning.search(base, FLAGS.workdir, FLAGS.max_trials, FLAGS.trial_minutes,
+                       levers=FLAGS.search, tuner=FLAGS.tuner, seed=FLAGS.tuner_seed)
+  print(json.dumps({"best": rows[0] if rows else None, "trials": len(rows)}))
+
+
+if __name__ == "__main__":
+  cli_flags.run(main)
