@@ -414,14 +414,15 @@ def test_predict_never_writes_a_target_beside_its_inputs(tmp_path, run_module, m
 def test_outputs_honour_the_umask(tmp_path, model_and_box, finished_run):
   model, data_dir = model_and_box
   out = tmp_path / "map.npy"
-  proc = _start("keras_cnn.predict", f"--model={model}", f"--data_dir={data_dir}", f"--out={out}",
-                "--noprogress", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                preexec_fn=lambda: os.umask(0o027))
+  umask = os.umask(0o027)  # the command inherits it
+  try:
+    proc = _start("keras_cnn.predict", f"--model={model}", f"--data_dir={data_dir}", f"--out={out}",
+                  "--noprogress", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  finally:
+    os.umask(umask)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-2000:]
   assert os.stat(out).st_mode & 0o777 == 0o640
-  umask = os.umask(0)
-  os.umask(umask)
   for name in (conventions.METRICS_FILE, conventions.FLAGS_FILE, conventions.MODEL_FILE,
                conventions.PRED_VS_TRUE_PNG):  # written by train under this test's umask
     assert os.stat(os.path.join(finished_run, name)).st_mode & 0o777 == 0o666 & ~umask, name
