@@ -16,8 +16,11 @@ import os
 from absl import flags
 
 from keras_cnn import conditioning
+from keras_cnn import config
 from keras_cnn import conventions
 from keras_cnn import model as model_lib
+from keras_cnn.data import formats
+from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 _MODEL = model_lib.ModelConfig()  # the defaults of every model flag
@@ -44,8 +47,6 @@ class _RedshiftParser(flags.ArgumentParser):
                            if allow_all else "a comma list of redshifts")
 
   def parse(self, argument):
-    from keras_cnn.data import snapshot as snapshot_lib
-
     if isinstance(argument, (int, float)):
       value = float(argument)
     elif isinstance(argument, (list, tuple)):
@@ -129,9 +130,7 @@ def define_data_flags() -> None:
   define_format_flags()
   if not _once("data_dir"):
     return
-  from keras_cnn import training  # the defaults of the data and training flags
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   flags.DEFINE(
@@ -161,10 +160,7 @@ def define_format_flags() -> None:
   """The layout of --data_dir's files (train, evaluate and predict read them alike)."""
   if not _once("data_format"):
     return
-  from keras_cnn import training  # the defaults of the data flags
-  from keras_cnn.data import formats
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_enum(
       "data_format", data.data_format, list(formats.DATA_FORMATS),
       "Layout of the --data_dir files: auto detects it field by field; npy "

@@ -8,8 +8,8 @@ import tensorflow_datasets as tfds
 
 from keras_cnn.data import simulate
 from keras_cnn.data import snapshot as snapshot_lib
-from keras_cnn.datasets import reionization_boxes
-from keras_cnn.datasets.reionization_boxes import reionization_boxes_dataset_builder as rb
+from keras_cnn.data import reionization_boxes
+from keras_cnn.data.reionization_boxes import reionization_boxes_dataset_builder as rb
 
 # An equivalent of tfds.testing.DatasetBuilderTestCase (which needs `dill`, not a
 # dependency): build into a temporary data_dir, then check registration, split sizes,
