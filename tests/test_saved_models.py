@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-import keras_cnn.model  # noqa: F401  (registers SourceTransform)
+import keras_cnn  # noqa: F401  (registers the custom layers)
 from keras_cnn import metrics as metrics_lib
 from keras_cnn import inference
 from keras_cnn.data import simulate
@@ -33,6 +33,28 @@ def test_shipped_model_keeps_the_original_names(shipped):
   assert {"conv3d_6", "conv3d_17", "dense", "dense_7", "normalize_n_igm"} <= names
   assert shipped.get_layer("n_igm").batch_shape == (None, 31, 31, 31, 1)
   assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+
+
+def test_import_keras_cnn_alone_loads_a_shared_model():
+  """A collaborator who receives a .keras file needs `import keras_cnn` and nothing else;
+  the import registers the layers without loading the pipeline, training or plotting."""
+  code = f"""
+import sys
+import keras
+import keras_cnn
+model = keras.saving.load_model({SHIPPED!r}, safe_mode=True)
+print(model.get_layer("source_transform").kind, model.count_params())
+heavy = ("keras_cnn.pipeline", "keras_cnn.training", "keras_cnn.inference", "keras_cnn.plots")
+print([name for name in heavy if name in sys.modules])
+"""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={
+                              **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+                          })
+  assert result.returncode == 0, result.stderr[-2000:]
+  described, heavy_loaded = result.stdout.strip().splitlines()[-2:]
+  assert described == "log1p 294369"
+  assert heavy_loaded == "[]"
 
 
 @pytest.mark.backend
