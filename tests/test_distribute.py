@@ -15,7 +15,7 @@ import pytest
 
 from keras_cnn import distribute
 
-from conftest import REPO
+from helpers import REPO
 
 GLOBAL_BATCH = 8
 
