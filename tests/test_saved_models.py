@@ -13,7 +13,8 @@ from keras_cnn import metrics as metrics_lib
 from keras_cnn import inference
 from keras_cnn.data import simulate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SHIPPED = os.path.join(REPO, "saved_models", "default_r15_synthetic64.keras")
 
 
@@ -22,10 +23,21 @@ def shipped():
   return keras.saving.load_model(SHIPPED, safe_mode=True)
 
 
-def test_shipped_model_is_small_and_has_a_card():
+def test_shipped_model_is_small_and_its_card_rebuilds_it(shipped, parse_flags):
+  """The card's train command, parsed by train's own flags, builds the shipped network."""
+  from keras_cnn import model as model_lib
+  from keras_cnn import train
+
   assert os.path.getsize(SHIPPED) < 8 * 2 ** 20
   card = open(SHIPPED.replace(".keras", ".md")).read()
-  assert "python -m keras_cnn.train" in card and "R^2" in card
+  command = next(line for line in card.splitlines() if "python -m keras_cnn.train" in line)
+  config = train.config_from_flags(
+      parse_flags("train",
+                  *command.split("keras_cnn.train")[1].split()))
+  rebuilt = model_lib.build_model(config.model)
+  assert rebuilt.count_params() == shipped.count_params()
+  assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in shipped.layers]
+  assert model_lib.source_transform_of(shipped) == config.model.source_transform
 
 
 def test_shipped_model_keeps_the_original_names(shipped):
