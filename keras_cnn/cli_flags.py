@@ -255,7 +255,7 @@ def define_train_flags() -> None:
   flags.DEFINE_enum(
       "precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
       "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
-      "AVX512-BF16/AMX (faster: README), else float32.")
+      "AVX512-BF16/AMX (faster: docs/results.md), else float32.")
   for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples", "patch_size",
                "validation_patches"):
     _positive(name)

@@ -181,7 +181,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 def resolve_jit_compile(setting: str):
-  """'auto': XLA only where it is faster for Conv3D (not on CPU; see the README table)."""
+  """'auto': XLA only where it is faster for Conv3D (not on CPU; see docs/results.md)."""
   if setting == "on":
     return True
   if setting == "off":

@@ -119,7 +119,7 @@ def test_manual_config_without_snapshots_lists_expected_files(tmp_path):
 
 
 def test_dataset_flag_path_loads_tfds_splits(tmp_path):
-  """`--dataset=reionization_boxes/synthetic_16`, as the README documents it."""
+  """`--dataset=reionization_boxes/synthetic_16`, as docs/data.md documents it."""
   from keras_cnn.data import splits as splits_lib
 
   loaded = splits_lib.load_splits(None, None, "reionization_boxes/synthetic_16", radius=2,
