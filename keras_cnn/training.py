@@ -483,12 +483,11 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
   `conditions`: one value per snapshot for a conditioned model.
   """
   from keras_cnn import inference
-  from keras_cnn import metrics as metrics_lib
+  from keras_cnn import scoring
 
-  comparisons = []
+  boxes, voxels = [], []
   if dense.model_padding(model) == "valid":
     twin = dense.DenseTwin(model)
-    y_true, y_pred = [], []
     for i, (snapshot, (n_igm, n_src, x_hii)) in enumerate(zip(split.snapshots, split.fields)):
       start, stop = split.region or (0, n_igm.shape[0])
       pred_map = inference.predict_volume_dense(
@@ -496,20 +495,18 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
           condition=None if conditions is None else conditions[i])
       true_map = np.asarray(x_hii[start:stop], np.float32)
       if split.region is None:
-        comparisons.append((true_map, pred_map,
-                            metrics_lib.compare_maps(true_map, pred_map, n_igm, snapshot.redshift,
-                                                     conventions.CELL_SIZE_MPC, seed=seed)))
-      y_pred.append(pred_map.ravel())
-      y_true.append(true_map.ravel())
-    y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
+        boxes.append(scoring.WholeBox(true_map, pred_map, n_igm, snapshot.redshift))
+      else:
+        voxels.append((true_map, pred_map))
   else:
-    y_true, y_pred = inference.sampled_predictions(model, split.fields, radius, batch_size,
-                                                   num_examples, seed, region=split.region,
-                                                   conditions=conditions)
-  result = metrics_lib.regression_metrics(y_true, y_pred)
-  result.update(metrics_lib.aggregate_map_scores([c.scores for _, _, c in comparisons]))
-  result.update(metrics_lib.ionized_map_scores(y_true, y_pred))  # every scored voxel
-  result["_arrays"] = (y_true, y_pred, comparisons)
+    voxels.append(
+        inference.sampled_predictions(model, split.fields, radius, batch_size, num_examples, seed,
+                                      region=split.region, conditions=conditions))
+  scores = scoring.score(boxes, voxels, cell_size_mpc=conventions.CELL_SIZE_MPC, seed=seed)
+  result = dict(scores.metrics)
+  result["_arrays"] = (scores.y_true, scores.y_pred,
+                       [(box.true_map, box.pred_map, comparison)
+                        for box, comparison in zip(boxes, scores.comparisons)])
   return result
 
 
