@@ -113,6 +113,18 @@ def define_model_flags() -> None:
       "Conv3D padding. 'valid' makes the network translation-equivariant: "
       "predict/evaluate then paint whole tiles per pass (the dense engine) "
       "and training can use patches (--train_unit=patch).")
+  flags.DEFINE_list(
+      "block_filters", [str(f) for f in _MODEL.block_filters],
+      "Conv3D filters of blocks 1, 2, 3 (both branches), e.g. 16,32,64; empty: --filters "
+      "in every block.")
+  flags.DEFINE_list(
+      "block_strides", [str(s) for s in _MODEL.block_strides],
+      "Conv3D strides of blocks 1, 2, 3, e.g. 1,2,2 (the first block at full resolution); "
+      "empty: --stride_conv in every block.")
+  for name in ("block_filters", "block_strides"):
+    flags.register_validator(
+        name, lambda v: not v or (len(v) == 3 and all(s.isdigit() and int(s) > 0 for s in v)),
+        message=f"--{name} needs 3 positive integers, comma separated, or nothing")
   flags.register_validator("radius", lambda v: v >= 0, message="--radius must be >= 0")
   for name in ("kernel_size", "filters", "stride_conv", "kernel_pooling"):
     _positive(name)
@@ -297,6 +309,8 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       source_transform=flag_values.source_transform,
       padding=flag_values.padding,
       conditioning=flag_values.conditioning,
+      block_filters=tuple(int(f) for f in flag_values.block_filters),
+      block_strides=tuple(int(s) for s in flag_values.block_strides),
   )
 
 

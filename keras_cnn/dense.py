@@ -127,8 +127,10 @@ class DenseTwin(keras.Model):
           "share no work): use --engine=per_voxel")
     self.per_voxel = per_voxel
     self.radius = model_radius(per_voxel)
-    first = per_voxel.get_layer(f"conv3d_{model_lib.LEFT_BLOCKS[0]}")
-    self.stride = int(first.strides[0])
+    # Per block: the conv's stride (`ModelConfig.strides_per_block`).
+    self.strides = [
+        int(per_voxel.get_layer(f"conv3d_{i}").strides[0]) for i in model_lib.LEFT_BLOCKS
+    ]
     pool = per_voxel.get_layer(f"average_pooling_3d_{model_lib.LEFT_BLOCKS[0]}")
     self.pooling = int(pool.pool_size[0])
     dense = per_voxel.get_layer("dense")
@@ -154,17 +156,17 @@ class DenseTwin(keras.Model):
 
   def folds(self) -> Sequence[int]:
     """Fold factors in order: stride then pooling, per block (1s skipped)."""
-    return [f for _ in model_lib.LEFT_BLOCKS for f in (self.stride, self.pooling) if f > 1]
+    return [f for stride in self.strides for f in (stride, self.pooling) if f > 1]
 
   def _layer(self, name):
     return self.per_voxel.get_layer(name)
 
   def _branch(self, x, block_ids, training):
-    for i in block_ids:
+    for i, stride in zip(block_ids, self.strides):
       conv = self._layer(f"conv3d_{i}")
       x = ops.conv(x, ops.cast(conv.kernel, x.dtype), strides=1, padding="valid")
       x = x + ops.cast(conv.bias, x.dtype)
-      x = fold_phases(x, self.stride)
+      x = fold_phases(x, stride)
       x = self._layer(f"batch_normalization_{i}")(x, training=training)
       x = self._layer(f"leaky_re_lu_{i}")(x)
       if self.pooling > 1:

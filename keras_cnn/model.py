@@ -18,7 +18,7 @@ is standardized (`normalize_condition`) and appended to the flattened features
 """
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import keras
 from keras import ops
@@ -59,10 +59,23 @@ class ModelConfig:
   # A snapshot-wide value fed to the head (`keras_cnn.conditioning.KINDS`); "none" is
   # the original network.
   conditioning: str = "none"
+  # Per-block overrides, one value for each of the three blocks of a branch (empty: the
+  # single `filters` / `stride_conv` in every block). E.g. strides (1, 2, 2) keep the first
+  # block at full resolution; filters (16, 32, 64) widen the coarser blocks.
+  block_filters: Sequence[int] = ()
+  block_strides: Sequence[int] = ()
 
   @property
   def crop_size(self) -> int:
     return 2 * self.radius + 1
+
+  def filters_per_block(self) -> Tuple[int, ...]:
+    """Conv3D filters of blocks 1, 2, 3 (both branches)."""
+    return tuple(int(f) for f in self.block_filters) or (self.filters,) * len(LEFT_BLOCKS)
+
+  def strides_per_block(self) -> Tuple[int, ...]:
+    """Conv3D strides of blocks 1, 2, 3 (both branches)."""
+    return tuple(int(s) for s in self.block_strides) or (self.stride_conv,) * len(LEFT_BLOCKS)
 
 
 # The original project's week-2 network: r=24 (the mean free path), kernel 5, 128 filters,
@@ -174,11 +187,11 @@ def feature_map_sizes(config: ModelConfig) -> list:
   """Spatial side after each of the three conv+pool blocks."""
   side = config.crop_size
   sizes = []
-  for _ in LEFT_BLOCKS:
+  for stride in config.strides_per_block():
     if config.padding == "same":
-      side = -(-side // config.stride_conv)  # ceil(n / stride)
+      side = -(-side // stride)  # ceil(n / stride)
     elif side >= config.kernel_size:
-      side = (side - config.kernel_size) // config.stride_conv + 1
+      side = (side - config.kernel_size) // stride + 1
     else:
       side = 0
     side = side // config.kernel_pooling  # pool stride = pool size
@@ -198,9 +211,9 @@ def receptive_offset(config: ModelConfig) -> float:
   if config.padding == "same":
     return 0.0
   used = feature_map_sizes(config)[-1]
-  for _ in LEFT_BLOCKS:
+  for stride in reversed(config.strides_per_block()):
     used *= config.kernel_pooling
-    used = (used - 1) * config.stride_conv + config.kernel_size
+    used = (used - 1) * stride + config.kernel_size
   return (config.crop_size - used) / 2.0
 
 
@@ -212,6 +225,11 @@ def validate_config(config: ModelConfig) -> None:
   for name in positive:
     if getattr(config, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(config, name)}")
+  for name in ("block_filters", "block_strides"):
+    values = list(getattr(config, name))
+    if values and (len(values) != len(LEFT_BLOCKS) or any(int(v) < 1 for v in values)):
+      raise ValueError(f"--{name} needs {len(LEFT_BLOCKS)} positive values (blocks 1, 2, 3) or "
+                       f"none, got {values}")
   if config.kernel_size % 2 == 0:
     raise ValueError(
         f"--kernel_size must be odd (centred 'same' convolution), got {config.kernel_size}")
@@ -238,20 +256,21 @@ def validate_config(config: ModelConfig) -> None:
     raise ValueError(
         f"crop of side {config.crop_size} (--radius={config.radius}) shrinks to nothing after "
         f"three blocks of --kernel_size={config.kernel_size}, "
-        f"--stride_conv={config.stride_conv}, --kernel_pooling={config.kernel_pooling} and "
+        f"--stride_conv={config.stride_conv} (per block {list(config.strides_per_block())}), "
+        f"--kernel_pooling={config.kernel_pooling} and "
         f"--padding={config.padding} (sides {sizes}): increase --radius or decrease "
         "--kernel_size / --stride_conv / --kernel_pooling")
 
 
 def flattened_width(config: ModelConfig) -> int:
   """Width of `flatten`: both branches' final feature maps."""
-  return 2 * config.filters * feature_map_sizes(config)[-1] ** 3
+  return 2 * config.filters_per_block()[-1] * feature_map_sizes(config)[-1] ** 3
 
 
 def _branch(x, block_ids, config: ModelConfig):
-  for i in block_ids:
-    x = keras.layers.Conv3D(config.filters, config.kernel_size, strides=config.stride_conv,
-                            padding=config.padding, name=f"conv3d_{i}")(x)
+  for i, filters, stride in zip(block_ids, config.filters_per_block(), config.strides_per_block()):
+    x = keras.layers.Conv3D(filters, config.kernel_size, strides=stride, padding=config.padding,
+                            name=f"conv3d_{i}")(x)
     x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
                                         name=f"batch_normalization_{i}")(x)
     x = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)

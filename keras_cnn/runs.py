@@ -27,6 +27,8 @@ HARMLESS = ("epochs", "patience", "time_budget_minutes", "jit_compile")
 # Keras' momentum 0.99 then, so those runs are told that --batch_norm_momentum differs).
 IMPLIED = {
     "batch_norm_momentum": 0.99,
+    "block_filters": [],
+    "block_strides": [],
     "box_size_mpc": None,
     "conditioning": "none",
     "data_format": "auto",

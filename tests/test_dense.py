@@ -21,6 +21,8 @@ EXACTNESS_CASES = [
     (dict(radius=15, kernel_size=3, filters=4, stride_conv=2), (6, 5, 8)),
     (dict(radius=32, kernel_size=1, filters=2, stride_conv=2, kernel_pooling=2), (5, 4, 3)),
     (dict(radius=4, kernel_size=3, filters=5, source_transform="none"), (3, 11, 5)),
+    # Per-block strides and filters: a full-resolution first block, wider later blocks.
+    (dict(radius=13, kernel_size=3, block_filters=(2, 3, 4), block_strides=(1, 2, 2)), (7, 5, 6)),
 ]
 
 

@@ -66,11 +66,11 @@ def conv_output_sides(config: model_lib.ModelConfig) -> list:
   """Spatial side of each Conv3D output of one branch of the per-voxel model."""
   side = config.crop_size
   sides = []
-  for _ in model_lib.LEFT_BLOCKS:
+  for stride in config.strides_per_block():
     if config.padding == "same":
-      side = -(-side // config.stride_conv)
+      side = -(-side // stride)
     else:
-      side = (side - config.kernel_size) // config.stride_conv + 1
+      side = (side - config.kernel_size) // stride + 1
     sides.append(side)
     side //= config.kernel_pooling
   return sides
@@ -80,9 +80,9 @@ def per_voxel_flops(config: model_lib.ModelConfig) -> float:
   """Forward FLOPs of one voxel through the per-voxel model (every tap counted)."""
   conv = 0.0
   c_in = 1
-  for side in conv_output_sides(config):
-    conv += 2.0 * c_in * config.filters * config.kernel_size ** 3 * side ** 3
-    c_in = config.filters
+  for side, filters in zip(conv_output_sides(config), config.filters_per_block()):
+    conv += 2.0 * c_in * filters * config.kernel_size ** 3 * side ** 3
+    c_in = filters
   width = model_lib.flattened_width(config)
   return 2 * conv + _head_flops(width, config.dense_units, config.tail_units)
 
@@ -95,9 +95,9 @@ def dense_flops_per_voxel(config: model_lib.ModelConfig) -> float:
   """
   conv = 0.0
   c_in = 1
-  for _ in model_lib.LEFT_BLOCKS:
-    conv += 2.0 * c_in * config.filters * config.kernel_size ** 3
-    c_in = config.filters
+  for filters in config.filters_per_block():
+    conv += 2.0 * c_in * filters * config.kernel_size ** 3
+    c_in = filters
   return 2 * conv + _head_flops(model_lib.flattened_width(config), config.dense_units,
                                 config.tail_units)
 
