@@ -16,8 +16,11 @@ import os
 from absl import flags
 
 from keras_cnn import conditioning
+from keras_cnn import config
 from keras_cnn import conventions
 from keras_cnn import model as model_lib
+from keras_cnn.data import formats
+from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 _MODEL = model_lib.ModelConfig()  # the defaults of every model flag
@@ -44,8 +47,6 @@ class _RedshiftParser(flags.ArgumentParser):
                            if allow_all else "a comma list of redshifts")
 
   def parse(self, argument):
-    from keras_cnn.data import snapshot as snapshot_lib
-
     if isinstance(argument, (int, float)):
       value = float(argument)
     elif isinstance(argument, (list, tuple)):
@@ -141,9 +142,7 @@ def define_data_flags() -> None:
   define_format_flags()
   if not _once("data_dir"):
     return
-  from keras_cnn import training  # the defaults of the data and training flags
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   flags.DEFINE(
@@ -173,10 +172,7 @@ def define_format_flags() -> None:
   """The layout of --data_dir's files (train, evaluate and predict read them alike)."""
   if not _once("data_format"):
     return
-  from keras_cnn import training  # the defaults of the data flags
-  from keras_cnn.data import formats
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_enum(
       "data_format", data.data_format, list(formats.DATA_FORMATS),
       "Layout of the --data_dir files: auto detects it field by field; npy "
@@ -277,7 +273,7 @@ def define_train_flags() -> None:
   flags.DEFINE_enum(
       "precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
       "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
-      "AVX512-BF16/AMX (faster: README), else float32.")
+      "AVX512-BF16/AMX (faster: docs/results.md), else float32.")
   for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples", "patch_size",
                "validation_patches"):
     _positive(name)
