@@ -17,8 +17,11 @@ import stat
 from absl import flags
 
 from keras_cnn import conditioning
+from keras_cnn import config
 from keras_cnn import conventions
 from keras_cnn import model as model_lib
+from keras_cnn.data import formats
+from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 _MODEL = model_lib.ModelConfig()  # the defaults of every model flag
@@ -45,8 +48,6 @@ class _RedshiftParser(flags.ArgumentParser):
                            if allow_all else "a comma list of redshifts")
 
   def parse(self, argument):
-    from keras_cnn.data import snapshot as snapshot_lib
-
     if isinstance(argument, (int, float)):
       value = float(argument)
     elif isinstance(argument, (list, tuple)):
@@ -142,9 +143,7 @@ def define_data_flags() -> None:
   define_format_flags()
   if not _once("data_dir"):
     return
-  from keras_cnn import training  # the defaults of the data and training flags
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_string("data_dir", None,
                       "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   flags.DEFINE(
@@ -174,10 +173,7 @@ def define_format_flags() -> None:
   """The layout of --data_dir's files (train, evaluate and predict read them alike)."""
   if not _once("data_format"):
     return
-  from keras_cnn import training  # the defaults of the data flags
-  from keras_cnn.data import formats
-
-  data = training.DataConfig()
+  data = config.DataConfig()
   flags.DEFINE_enum(
       "data_format", data.data_format, list(formats.DATA_FORMATS),
       "Layout of the --data_dir files: auto detects it field by field; npy "
@@ -278,7 +274,7 @@ def define_train_flags() -> None:
   flags.DEFINE_enum(
       "precision", train.precision, ["auto", "float32", "mixed_bfloat16"],
       "Keras dtype policy; auto: mixed_bfloat16 under tensorflow on a CPU with "
-      "AVX512-BF16/AMX (faster: README), else float32.")
+      "AVX512-BF16/AMX (faster: docs/results.md), else float32.")
   for name in ("epochs", "steps_per_epoch", "validation_examples", "test_examples", "patch_size",
                "validation_patches"):
     _positive(name)
@@ -323,6 +319,29 @@ def model_config_from_flags(flag_values=FLAGS) -> model_lib.ModelConfig:
       block_filters=tuple(int(f) for f in flag_values.block_filters),
       block_strides=tuple(int(s) for s in flag_values.block_strides),
   )
+
+
+def train_config_from_flags(flag_values=FLAGS):
+  """The `keras_cnn.training.TrainConfig` that the parsed train flags describe."""
+  from keras_cnn import training  # not at import time: predict and evaluate do not need it
+
+  return training.TrainConfig(
+      model=model_config_from_flags(flag_values), data=training.DataConfig(
+          data_dir=flag_values.data_dir, redshift=flag_values.redshift, dataset=flag_values.dataset,
+          tfds_data_dir=flag_values.tfds_data_dir, n_cells=flag_values.n_cells,
+          mean_xhii=flag_values.mean_xhii, data_seed=flag_values.data_seed,
+          data_format=flag_values.data_format, box_size_mpc=flag_values.box_size_mpc,
+          **split_flags_from(flag_values)), batch_size=flag_values.batch_size or
+      training.DEFAULT_BATCH_SIZE[flag_values.train_unit], epochs=flag_values.epochs,
+      steps_per_epoch=flag_values.steps_per_epoch, learning_rate=flag_values.learning_rate,
+      seed=flag_values.seed, augment=flag_values.augment, stratify_bins=flag_values.stratify_bins,
+      validation_examples=flag_values.validation_examples, test_examples=flag_values.test_examples,
+      patience=flag_values.patience, time_budget_minutes=flag_values.time_budget_minutes,
+      train_unit=flag_values.train_unit, patch_size=flag_values.patch_size,
+      validation_patches=flag_values.validation_patches, loss=flag_values.loss,
+      lr_schedule=flag_values.lr_schedule, distribution=flag_values.distribution,
+      jit_compile=flag_values.jit_compile, precision=flag_values.precision,
+      source_units=flag_values.source_units, ema_momentum=flag_values.ema_momentum)
 
 
 def _define_apply_flags() -> None:

@@ -276,7 +276,7 @@ def synchronized_batch_norm(model, info: Optional[DistributionInfo] = None):
 def default_jit_compile() -> bool:
   """Fastest `jit_compile` for this backend and device.
 
-  Measured with `python -m keras_cnn.benchmarks.train_step` (figures in the README):
+  Measured with `python -m keras_cnn.benchmarks.train_step` (figures in docs/results.md):
   on CPU, Conv3D under XLA is several times slower than TensorFlow's oneDNN kernels, so
   tensorflow runs without XLA on CPU (and with it on GPUs, Keras' own choice); jax always
   compiles (its eager mode is op by op and slower still); torch runs eagerly
@@ -317,7 +317,7 @@ def default_precision() -> str:
   """Fastest Keras dtype policy measured for this backend on CPU.
 
   tensorflow on a CPU with AVX512-BF16/AMX: "mixed_bfloat16" (oneDNN bf16 convolutions
-  are faster than float32; README, `keras_cnn.benchmarks.train_step`). Everything else
+  are faster than float32; docs/results.md, `keras_cnn.benchmarks.train_step`). Everything else
   "float32": torch's CPU
   avg_pool3d has no bfloat16 kernel (the step fails; with float32 pooling it is no
   faster), jax's XLA convolutions are not faster in bf16, and accelerators were not

@@ -8,3 +8,7 @@ traceback of user errors too.
 
 class UserError(ValueError):
   """Bad input from the user; the message names the file or flag and the problem."""
+
+
+class SnapshotError(UserError):
+  """A snapshot that cannot be used; the message names file, field and problem."""

@@ -14,14 +14,10 @@ fixed by the whole box) that does not depend on the sharding, so on one kind of 
 and software the slabs concatenate to exactly the single-process map.
 """
 
-import csv
-import io
-import json
 import logging
-import math
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,7 +25,6 @@ from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import io_utils
-from keras_cnn import plots
 
 ENGINES = ("auto", "dense", "per_voxel")
 DEFAULT_BATCH_SIZE = 256
@@ -321,13 +316,6 @@ def save_array(array: np.ndarray, path: str, overwrite: bool = True) -> str:
   return path
 
 
-def _json_safe(value):
-  """NaN and infinities are not JSON; they become null."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
 def sampled_predictions(model, fields, radius: int, batch_size: int, num_examples: int, seed: int,
                         region=None, progress: bool = False,
                         conditions: Optional[Sequence[float]] = None):
@@ -358,18 +346,6 @@ def sampled_predictions(model, fields, radius: int, batch_size: int, num_example
       y_pred.append(np.asarray(model.predict_on_batch(inputs), np.float32).ravel())
       bar.update(len(y_true[-1]))
   return np.concatenate(y_true), np.concatenate(y_pred)
-
-
-def _write_power_spectra(path: str, spectra: Sequence[Dict[str, object]]) -> None:
-  columns = ("k", "pk_true", "pk_pred", "pk_cross", "r_k", "n_modes")
-  stream = io.StringIO()
-  writer = csv.writer(stream, lineterminator="\n")
-  writer.writerow(
-      ["box", "k_per_cmpc", "pk_true_cmpc3", "pk_pred_cmpc3", "pk_cross_cmpc3", "r_k", "n_modes"])
-  for box, spectrum in enumerate(spectra):
-    for row in zip(*(np.asarray(spectrum[c], np.float64) for c in columns)):
-      writer.writerow([box] + [f"{v:.6g}" for v in row])
-  io_utils.write_text(path, stream.getvalue())
 
 
 def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 256,
@@ -409,7 +385,8 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
     of the whole boxes (`keras_cnn.metrics.MAP_SCORE_KEYS`, combined over boxes by
     `aggregate_map_scores`; None without a whole box).
   """
-  from keras_cnn import metrics as metrics_lib
+  from keras_cnn import reports
+  from keras_cnn import scoring
 
   if not snapshots:
     raise ValueError("evaluate_model needs at least one snapshot")
@@ -418,76 +395,43 @@ def evaluate_model(model, snapshots: Sequence, out_dir: str, batch_size: int = 2
       raise ValueError(f"{snapshot.name}: field 'x_hii' is missing; evaluation needs targets")
   kind = conditioning.of_model(model)
   conditions = [conditioning.value(kind, s, condition_value) for s in snapshots]
-  os.makedirs(out_dir, exist_ok=True)
   radius = model_radius(model)
   chosen = resolve_engine(model, engine)
   logging.info("Engine: %s (padding %r).", chosen, dense.model_padding(model))
   whole = lambda snapshot: chosen == "dense" or int(np.prod(snapshot.shape)) <= max_full_voxels
-  suffix = (lambda i: "") if len(snapshots) == 1 else (lambda i: f"_{i}")
 
-  y_true: List[np.ndarray] = []
-  y_pred: List[np.ndarray] = []
-  spectra = []
-  box_scores = []
+  boxes, titles, suffixes, voxels = [], [], [], []
   for i, snapshot in enumerate(snapshots):
     size = int(np.prod(snapshot.shape))
     if not whole(snapshot):
       logging.info("%s: %d voxels > %d, scoring %d random voxels.", snapshot.name, size,
                    max_full_voxels, num_examples)
-      true_i, pred_i = sampled_predictions(model,
-                                           [(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)],
-                                           radius, batch_size, num_examples, seed + i,
-                                           progress=progress,
-                                           conditions=None if kind == "none" else [conditions[i]])
-      y_true.append(true_i)
-      y_pred.append(pred_i)
+      voxels.append(
+          sampled_predictions(model, [(snapshot.n_igm, snapshot.n_src, snapshot.x_hii)], radius,
+                              batch_size, num_examples, seed + i, progress=progress,
+                              conditions=None if kind == "none" else [conditions[i]]))
       continue
     logging.info("%s: predicting all %d voxels.", snapshot.name, size)
     pred_map = predict_map(model, snapshot.n_igm, snapshot.n_src, engine=chosen,
                            batch_size=batch_size, memory_budget_gb=memory_budget_gb,
                            progress=progress, condition=conditions[i])
-    true_map = np.asarray(snapshot.x_hii, np.float32)
-    y_true.append(true_map.ravel())
-    y_pred.append(pred_map.ravel())
-    plots.plot_slices(true_map, pred_map, os.path.join(out_dir, f"slices{suffix(i)}.png"),
-                      cell_size_mpc=cell_size_mpc)
-    if power_spectrum != "off":
-      comparison = metrics_lib.compare_maps(true_map, pred_map, snapshot.n_igm, snapshot.redshift,
-                                            cell_size_mpc, method=power_spectrum, seed=seed + i)
-      spectra.append(comparison.xhii_spectrum)
-      box_scores.append(comparison.scores)
-      plots.plot_power_spectra(comparison.xhii_spectrum,
-                               os.path.join(out_dir, f"power_spectra{suffix(i)}.png"),
-                               title=snapshot.name)
-      plots.plot_summary(true_map, pred_map, comparison,
-                         os.path.join(out_dir, f"summary{suffix(i)}.png"), cell_size_mpc,
-                         title=f"{snapshot.name}, z = {snapshot.redshift:.3f}")
+    boxes.append(
+        scoring.WholeBox(np.asarray(snapshot.x_hii, np.float32), pred_map, snapshot.n_igm,
+                         snapshot.redshift))
+    titles.append(snapshot.name)
+    suffixes.append("" if len(snapshots) == 1 else f"_{i}")
 
-  y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
-  result = metrics_lib.regression_metrics(y_true_all, y_pred_all)
+  scores = scoring.score(boxes, voxels, cell_size_mpc=cell_size_mpc, method=power_spectrum,
+                         seed=seed)
+  result = dict(scores.metrics)
   result["num_boxes"] = len(snapshots)
   result["full_volume"] = all(whole(s) for s in snapshots)
   result["engine"] = chosen
   if kind != "none":
     result["conditioning"] = kind
     result["condition_values"] = conditions
-  summaries = [metrics_lib.power_spectrum_summary(s) for s in spectra]
-  for key in ("r_k_mean", "pk_ratio_mean"):
-    values = [s[key] for s in summaries if s[key] is not None]
-    result[key] = float(np.mean(values)) if values else None
-  result["power_spectrum_method"] = spectra[0]["method"] if spectra else None
-  result.update(metrics_lib.aggregate_map_scores(box_scores))
-  result.update(metrics_lib.ionized_map_scores(y_true_all, y_pred_all))  # every voxel
-  result = {key: _json_safe(value) for key, value in result.items()}
-
-  plots.plot_pred_vs_true(y_true_all, y_pred_all,
-                          os.path.join(out_dir, conventions.PRED_VS_TRUE_PNG), r2=result["r2"])
-  if spectra:
-    _write_power_spectra(os.path.join(out_dir, conventions.POWER_SPECTRUM_FILE), spectra)
-  if history_csv:
-    plots.plot_history(history_csv, os.path.join(out_dir, conventions.HISTORY_PNG))
-  io_utils.write_text(os.path.join(out_dir, conventions.METRICS_FILE),
-                      json.dumps(result, indent=2) + "\n")
+  reports.write_evaluation(out_dir, scores, result, boxes, titles, suffixes,
+                           cell_size_mpc=cell_size_mpc, history_csv=history_csv)
   return result
 
 

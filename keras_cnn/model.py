@@ -24,13 +24,12 @@ import keras
 from keras import ops
 
 from keras_cnn import conditioning
+from keras_cnn.data import transforms
 
 LEFT_BLOCKS = (6, 7, 8)
 RIGHT_BLOCKS = (15, 16, 17)
-SOURCE_TRANSFORMS = ("none", "log1p", "mean_scaled")
-# Transforms whose source input is the box's sources over their box mean (applied by
-# the caller: `keras_cnn.data.snapshot.scale_sources`), which makes the model unit-free.
-MEAN_SCALED = ("mean_scaled",)
+SOURCE_TRANSFORMS = transforms.SOURCE_TRANSFORMS
+MEAN_SCALED = transforms.MEAN_SCALED  # the caller divides the sources by their box mean
 PADDINGS = ("same", "valid")
 
 
@@ -112,7 +111,7 @@ class SourceTransform(keras.layers.Layer):
     self.kind = kind
 
   def call(self, inputs):
-    if self.kind in ("log1p",) + MEAN_SCALED:
+    if self.kind in transforms.LOG1P:
       return ops.log1p(ops.maximum(inputs, 0.0))
     return inputs
 
@@ -176,16 +175,7 @@ class Condition(keras.layers.Layer):
     return {**super().get_config(), "kind": self.kind, "mean": self.mean, "std": self.std}
 
 
-def apply_source_transform(values, kind: str):
-  """NumPy twin of `SourceTransform`, used to fit the normalization statistics."""
-  import numpy as np  # local: keeps the module's import surface to keras
-
-  if kind not in SOURCE_TRANSFORMS:
-    raise ValueError(f"source_transform must be one of {SOURCE_TRANSFORMS}, got {kind!r}")
-  values = np.asarray(values, dtype=np.float32)
-  if kind in ("log1p",) + MEAN_SCALED:
-    return np.log1p(np.maximum(values, 0.0))
-  return values
+apply_source_transform = transforms.apply_source_transform  # the NumPy twin of SourceTransform
 
 
 def source_transform_of(model: keras.Model) -> str:

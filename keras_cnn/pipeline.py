@@ -16,7 +16,7 @@ and the same seed gives the same stream. Evaluation datasets are finite, fixed
 and in C order (snapshot, x, y, z).
 
 Splits: several snapshots are independent realizations, so give each split its
-own snapshots. With a single box, `split_regions` cuts it into x-slabs for
+own snapshots. With a single box, `keras_cnn.data.regions.split_regions` cuts it into x-slabs for
 train/validation/test separated by guard bands of >= r cells (also across the
 periodic wrap), so no crop centred in one region reaches a voxel of another.
 
@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from keras_cnn import conventions
 from keras_cnn import errors
+from keras_cnn.data.regions import SPLIT_FRACTIONS, Region, split_regions  # noqa: F401
 
 INPUT_NAMES = ("n_igm", "n_src")
 CONDITION_NAME = "condition"  # conditioned models' third input (`keras_cnn.conditioning`)
@@ -51,7 +52,6 @@ _PERMUTATIONS = tuple(itertools.permutations(range(3)))
 NUM_SYMMETRIES = len(_PERMUTATIONS) * 8  # 6 axis orders x 2^3 reflections = 48
 
 Field = np.ndarray
-Region = Tuple[int, int]
 
 
 def symmetry(index: int) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
@@ -219,80 +219,6 @@ def periodic_crops(fields: Union[np.ndarray, Sequence[np.ndarray]], centres: np.
       raise ValueError(f"out must hold {len(field_list)} float32 arrays of shape {shape_out}")
   cutter.cut([field_list], None, centres, symmetries, outs)
   return outs[0] if single else outs
-
-
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
-
-
-def split_regions(shape: Sequence[int], radius: int, fractions: Optional[Sequence[float]] = None,
-                  guard: Optional[int] = None,
-                  names: Sequence[str] = conventions.SPLITS) -> Dict[str, Region]:
-  """x-slabs of one periodic box for train / validation / test, with guard bands.
-
-  The x axis is laid out as `train | guard | validation | guard | test | guard`
-  and the last guard band wraps onto the start of train, so every pair of regions
-  is separated by `guard` cells (default: r) in both directions. With guard >= r
-  no crop centred in one region contains a voxel of another region.
-
-  Every region but the first gets its fraction of the whole box, rounded up (so
-  validation and test hold at least 10% of the voxels each by default); the first
-  (train) gets what the others and the guard bands leave. A box too small for that
-  with a training slab at least as thick as the other slabs together is refused
-  with the flags that would work instead.
-
-  Args:
-    shape: box shape (Nx, Ny, Nz); only Nx is split.
-    radius: crop radius r.
-    fractions: relative sizes of the regions of `names` (all > 0); None:
-      `SPLIT_FRACTIONS`.
-    guard: width of each guard band in cells, >= radius; None means radius.
-    names: the regions, in x order (the first takes what the others leave); a subset
-      of the splits when the others have snapshots of their own.
-
-  Returns:
-    {name: (start, stop)}: half-open x-index ranges.
-
-  Raises:
-    errors.UserError: the box is too small (the message says what to pass instead).
-  """
-  length = int(shape[0])
-  names = list(names)
-  guard = int(radius) if guard is None else int(guard)
-  if guard < radius:
-    raise ValueError(f"guard band ({guard} cells) must be >= radius ({radius})")
-  if fractions is None:
-    fractions = [SPLIT_FRACTIONS[name] for name in names]
-  if len(fractions) != len(names) or len(names) < 2 or any(f <= 0 for f in fractions):
-    raise ValueError(f"fractions must be {len(names)} positive numbers ({', '.join(names)}), got "
-                     f"{fractions}")
-  count = len(names)
-  total = float(sum(fractions))
-  sizes = [max(1, int(np.ceil(length * f / total - 1e-9))) for f in fractions[1:]]
-  held_out = sum(sizes)
-  first = length - held_out - count * guard
-  if first < held_out:
-    others = " and ".join(names[1:])
-    slabs = ", ".join(f"{name} {size}" for name, size in zip(names[1:], sizes))
-    instead = [
-        f"give {others} snapshots of their own (a second box: " +
-        ", ".join(f"--{name}_dirs" for name in names[1:]) + "; or other redshifts "
-        "of --data_dir: " + ", ".join(f"--{name}_redshifts" for name in names[1:]) + ")"
-    ]
-    largest = (length - 2 * held_out) // count
-    if guard == radius and 0 <= largest < radius:
-      instead.append(f"use --radius={largest} or less")
-    raise errors.UserError(
-        f"a box of {length} cells along x is too small to cut {others} slabs of their "
-        f"share of the box (x-cells: {slabs}) and a {names[0]} slab at least as thick as "
-        f"those together, with guard bands of {guard} cells (the crop radius) between "
-        f"them: {names[0]} would keep {max(first, 0)} cells; " + ", or ".join(instead))
-  sizes = [first] + sizes
-  regions = {}
-  start = 0
-  for name, size in zip(names, sizes):
-    regions[name] = (start, start + size)
-    start += size + guard
-  return regions
 
 
 def _resolve_region(region, shape, radius) -> Region:

@@ -44,7 +44,7 @@ IMPLIED = {
     "validation_dirs": None,
     "test_dirs": None,
 }
-# How a box shared by several splits is cut into x-slabs (`keras_cnn.pipeline.split_regions`).
+# How a box shared by several splits is cut into x-slabs (`keras_cnn.data.regions.split_regions`).
 # Version 2: validation and test get 10% each with guard bands of r. A run on a user folder
 # recorded without it was cut another way, and its slabs must not change mid-run.
 SLAB_LAYOUT = 2

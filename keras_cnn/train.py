@@ -19,26 +19,8 @@ FLAGS = flags.FLAGS
 cli_flags.define_train_flags()
 flags.adopt_module_key_flags(cli_flags)
 
-
-def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
-  """The TrainConfig that the parsed flags describe."""
-  return training.TrainConfig(
-      model=cli_flags.model_config_from_flags(flag_values), data=training.DataConfig(
-          data_dir=flag_values.data_dir, redshift=flag_values.redshift, dataset=flag_values.dataset,
-          tfds_data_dir=flag_values.tfds_data_dir, n_cells=flag_values.n_cells,
-          mean_xhii=flag_values.mean_xhii, data_seed=flag_values.data_seed,
-          data_format=flag_values.data_format, box_size_mpc=flag_values.box_size_mpc,
-          **cli_flags.split_flags_from(flag_values)), batch_size=flag_values.batch_size or
-      training.DEFAULT_BATCH_SIZE[flag_values.train_unit], epochs=flag_values.epochs,
-      steps_per_epoch=flag_values.steps_per_epoch, learning_rate=flag_values.learning_rate,
-      seed=flag_values.seed, augment=flag_values.augment, stratify_bins=flag_values.stratify_bins,
-      validation_examples=flag_values.validation_examples, test_examples=flag_values.test_examples,
-      patience=flag_values.patience, time_budget_minutes=flag_values.time_budget_minutes,
-      train_unit=flag_values.train_unit, patch_size=flag_values.patch_size,
-      validation_patches=flag_values.validation_patches, loss=flag_values.loss,
-      lr_schedule=flag_values.lr_schedule, distribution=flag_values.distribution,
-      jit_compile=flag_values.jit_compile, precision=flag_values.precision,
-      source_units=flag_values.source_units, ema_momentum=flag_values.ema_momentum)
+# The TrainConfig that the parsed flags describe (shared with `keras_cnn.tune`).
+config_from_flags = cli_flags.train_config_from_flags
 
 
 def main(argv):

@@ -15,13 +15,14 @@ import logging
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
 
 from keras_cnn import conditioning
 from keras_cnn import conventions
+from keras_cnn.config import DataConfig
 from keras_cnn import dense
 from keras_cnn import distribute
 from keras_cnn import domain
@@ -30,54 +31,6 @@ from keras_cnn.data import splits as splits_lib
 from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 from keras_cnn import runs
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Where the snapshots come from (see `keras_cnn.data.splits.load_splits`).
-
-  `redshift` is None, one redshift, a tuple of them, or "all". The `<split>_redshifts`
-  (of `data_dir`) and `<split>_dirs` (folders) give a split whole snapshots of its own.
-  """
-
-  data_dir: Optional[str] = None
-  redshift: Union[None, float, str, Tuple[float, ...]] = None
-  dataset: str = splits_lib.SYNTHETIC
-  tfds_data_dir: Optional[str] = None
-  n_cells: int = 64
-  mean_xhii: float = 0.5
-  data_seed: int = 0
-  data_format: str = "auto"  # one of `keras_cnn.data.formats.DATA_FORMATS`
-  box_size_mpc: Optional[float] = None  # C2-Ray source masses in solar masses
-  train_redshifts: Optional[Tuple[float, ...]] = None
-  validation_redshifts: Optional[Tuple[float, ...]] = None
-  test_redshifts: Optional[Tuple[float, ...]] = None
-  train_dirs: Optional[Tuple[str, ...]] = None
-  validation_dirs: Optional[Tuple[str, ...]] = None
-  test_dirs: Optional[Tuple[str, ...]] = None
-
-  def split_redshifts(self) -> Dict[str, Tuple[float, ...]]:
-    """{split: its own redshifts of data_dir}, for the splits that have some."""
-    return {
-        split: getattr(self, f"{split}_redshifts")
-        for split in conventions.SPLITS
-        if getattr(self, f"{split}_redshifts")
-    }
-
-  def split_dirs(self) -> Dict[str, Tuple[str, ...]]:
-    """{split: its own folders}, for the splits that have some."""
-    return {
-        split: getattr(self, f"{split}_dirs")
-        for split in conventions.SPLITS
-        if getattr(self, f"{split}_dirs")
-    }
-
-  def folders(self) -> List[str]:
-    """Every user folder the run reads: data_dir, then each split's folders."""
-    found = [self.data_dir] if self.data_dir else []
-    for folders in self.split_dirs().values():
-      found.extend(folders)
-    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +193,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 def resolve_jit_compile(setting: str):
-  """'auto': XLA only where it is faster for Conv3D (not on CPU; see the README table)."""
+  """'auto': XLA only where it is faster for Conv3D (not on CPU; see docs/results.md)."""
   if setting == "on":
     return True
   if setting == "off":
@@ -546,12 +499,11 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
   `conditions`: one value per snapshot for a conditioned model.
   """
   from keras_cnn import inference
-  from keras_cnn import metrics as metrics_lib
+  from keras_cnn import scoring
 
-  comparisons = []
+  boxes, voxels = [], []
   if dense.model_padding(model) == "valid":
     twin = dense.DenseTwin(model)
-    y_true, y_pred = [], []
     for i, (snapshot, (n_igm, n_src, x_hii)) in enumerate(zip(split.snapshots, split.fields)):
       start, stop = split.region or (0, n_igm.shape[0])
       pred_map = inference.predict_volume_dense(
@@ -559,20 +511,18 @@ def evaluate_split(model: keras.Model, split: splits_lib.SplitData, radius: int,
           condition=None if conditions is None else conditions[i])
       true_map = np.asarray(x_hii[start:stop], np.float32)
       if split.region is None:
-        comparisons.append((true_map, pred_map,
-                            metrics_lib.compare_maps(true_map, pred_map, n_igm, snapshot.redshift,
-                                                     conventions.CELL_SIZE_MPC, seed=seed)))
-      y_pred.append(pred_map.ravel())
-      y_true.append(true_map.ravel())
-    y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
+        boxes.append(scoring.WholeBox(true_map, pred_map, n_igm, snapshot.redshift))
+      else:
+        voxels.append((true_map, pred_map))
   else:
-    y_true, y_pred = inference.sampled_predictions(model, split.fields, radius, batch_size,
-                                                   num_examples, seed, region=split.region,
-                                                   conditions=conditions)
-  result = metrics_lib.regression_metrics(y_true, y_pred)
-  result.update(metrics_lib.aggregate_map_scores([c.scores for _, _, c in comparisons]))
-  result.update(metrics_lib.ionized_map_scores(y_true, y_pred))  # every scored voxel
-  result["_arrays"] = (y_true, y_pred, comparisons)
+    voxels.append(
+        inference.sampled_predictions(model, split.fields, radius, batch_size, num_examples, seed,
+                                      region=split.region, conditions=conditions))
+  scores = scoring.score(boxes, voxels, cell_size_mpc=conventions.CELL_SIZE_MPC, seed=seed)
+  result = dict(scores.metrics)
+  result["_arrays"] = (scores.y_true, scores.y_pred,
+                       [(box.true_map, box.pred_map, comparison)
+                        for box, comparison in zip(boxes, scores.comparisons)])
   return result
 
 

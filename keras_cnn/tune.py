@@ -17,10 +17,11 @@ from absl import logging
 
 from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
-from keras_cnn import train
 from keras_cnn import tuning
 
 FLAGS = flags.FLAGS
+cli_flags.define_train_flags()
+flags.adopt_module_key_flags(cli_flags)
 flags.DEFINE_integer("max_trials", 12, "Trials in all (a rerun goes on to this number).",
                      lower_bound=1)
 flags.DEFINE_float("trial_minutes", 5.0, "Wall-clock training budget of each trial.",
@@ -42,7 +43,7 @@ def main(argv):
     raise app.UsageError(f"--search: unknown or no settings {unknown}; choose from "
                          f"{', '.join(tuning.LEVERS)}")
   logging.set_verbosity(logging.INFO)
-  base = train.config_from_flags()
+  base = cli_flags.train_config_from_flags()
   try:
     model_lib.validate_config(base.model)
   except ValueError as error:

@@ -1,6 +1,6 @@
 """Shared test setup: tensorflow unless KERAS_BACKEND says otherwise, quiet logs, and the
 fixtures several test modules use (repo root, flag parsing, tiny snapshots on disk, the
-real commands in a subprocess)."""
+real commands in a subprocess). Plain helpers are in helpers.py."""
 
 import os
 import subprocess
@@ -9,25 +9,11 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 from absl.testing import flagsaver  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REDSHIFT = 8.397
-
-
-def tiny_snapshot(shape=(10, 9, 8), seed=0, with_target=True, redshift=REDSHIFT, name="tiny"):
-  """A random box: log-normal density, Poisson sources, uniform x_HII (a Snapshot)."""
-  from keras_cnn.data import snapshot as snapshot_lib
-
-  rng = np.random.default_rng(seed)
-  rho = rng.lognormal(0.0, 0.5, shape).astype(np.float32)
-  n_src = rng.poisson(0.5, shape).astype(np.float32)
-  x_hii = rng.random(shape, dtype=np.float32)
-  return snapshot_lib.Snapshot(rho=rho, n_src=n_src, x_hii=x_hii if with_target else None,
-                               redshift=redshift, name=name)
+from helpers import REPO, REDSHIFT, tiny_snapshot  # noqa: E402,F401  (fixtures use them)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from keras_cnn import distribute
 
-from conftest import REPO
+from helpers import REPO
 
 GLOBAL_BATCH = 8
 
@@ -172,7 +172,7 @@ def test_data_parallel_on_local_devices_in_process():
       keras.distribution.set_distribution(None)
   assert info.num_replicas >= 1 and info.backend == keras.backend.backend()
   assert np.isfinite(loss)
-  # The measured choice on CPU (README, training step table): XLA only under jax.
+  # The measured choice on CPU (docs/results.md, training step per backend): XLA only under jax.
   assert distribute.default_jit_compile() is (keras.backend.backend() == "jax")
   assert distribute.default_precision() in ("float32", "mixed_bfloat16")
 

@@ -1,5 +1,6 @@
 """Flags and presets: every hyperparameter is a flag, presets parse, bad values fail early."""
 
+import collections
 import dataclasses
 import os
 import subprocess
@@ -13,9 +14,7 @@ from keras_cnn import predict  # noqa: F401  (defines --memory_budget_gb)
 from keras_cnn import train
 from keras_cnn import training
 
-from conftest import REPO
-
-PRESETS = sorted(f for f in os.listdir(os.path.join(REPO, "flags")) if f.endswith(".flags"))
+from helpers import PRESETS, PRESETS_DIR, REPO
 
 
 @pytest.fixture
@@ -37,18 +36,45 @@ def test_default_preset_file_equals_the_defaults(parse):
   assert from_file == from_defaults == training.TrainConfig()
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_parses_and_builds_the_two_branch_network(parse, preset):
+  """Every flagfile in flags/ is a complete train command: it parses, its settings pass
+  the model's own checks, and it builds the network with the original layer counts."""
+  config = train.config_from_flags(parse(f"--flagfile={os.path.join(PRESETS_DIR, preset)}"))
+  model_lib.validate_config(config.model)
+  model = model_lib.build_model(config.model)
+  counts = collections.Counter(type(layer).__name__ for layer in model.layers)
+  assert {
+      kind: counts[kind]
+      for kind in ("Conv3D", "BatchNormalization", "AveragePooling3D", "Dense", "Dropout")
+  } == {
+      "Conv3D": 6,
+      "BatchNormalization": 6,
+      "AveragePooling3D": 6,
+      "Dense": 8,
+      "Dropout": 6
+  }
+  side = config.model.crop_size
+  assert model.get_layer("n_igm").batch_shape == (None, side, side, side, 1)
+  if config.train_unit == "patch":  # patches train through the dense twin
+    assert config.model.padding == "valid"
+
+
 def test_week2_preset_builds_the_original_network(parse):
-  values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'week2.flags')}")
+  values = parse(f"--flagfile={os.path.join(PRESETS_DIR, 'week2.flags')}")
   config = train.config_from_flags(values)
   assert config.model == model_lib.WEEK2
-  assert config.train_unit == "voxel" and config.batch_size == 32
   assert model_lib.flattened_width(config.model) == 55_296
   assert model_lib.build_model(config.model).count_params() == 22_427_809
 
 
-def test_default_preset_is_centred_and_trains_on_patches():
+def test_default_preset_paints_whole_tiles_with_exact_symmetries():
+  """The defaults give a 'valid' model, which predict runs on the dense engine, with a
+  centred receptive field, so the 48 cube symmetries of augmentation are exact."""
+  from keras_cnn import inference
+
   config = training.TrainConfig()
-  assert config.model.padding == "valid" and config.train_unit == "patch"
+  assert inference.resolve_engine(model_lib.build_model(config.model)) == "dense"
   assert model_lib.receptive_offset(config.model) == 0.0
 
 

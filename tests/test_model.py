@@ -13,7 +13,7 @@ from keras_cnn import model as model_lib
 from keras_cnn.model import ModelConfig, build_model
 
 # Parameters of the week-2 network (r=24, kernel 5, 128 filters), trainable and not
-# (BatchNormalization moving statistics). Also quoted in README.md.
+# (BatchNormalization moving statistics). Also quoted in docs/network.md.
 WEEK2_PARAMS = 22_427_809
 WEEK2_FLATTEN = 55_296
 

@@ -15,7 +15,7 @@ from keras_cnn import predict
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.model import ModelConfig, build_model
 
-from conftest import REPO, REDSHIFT, tiny_snapshot
+from helpers import REPO, REDSHIFT, tiny_snapshot
 
 TINY = ModelConfig(radius=2, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
                    padding="same")

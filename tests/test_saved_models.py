@@ -8,12 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-import keras_cnn.model  # noqa: F401  (registers SourceTransform)
+import keras_cnn  # noqa: F401  (registers the custom layers)
 from keras_cnn import metrics as metrics_lib
 from keras_cnn import inference
 from keras_cnn.data import simulate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SHIPPED = os.path.join(REPO, "saved_models", "default_r15_synthetic64.keras")
 
 
@@ -22,10 +23,21 @@ def shipped():
   return keras.saving.load_model(SHIPPED, safe_mode=True)
 
 
-def test_shipped_model_is_small_and_has_a_card():
+def test_shipped_model_is_small_and_its_card_rebuilds_it(shipped, parse_flags):
+  """The card's train command, parsed by train's own flags, builds the shipped network."""
+  from keras_cnn import model as model_lib
+  from keras_cnn import train
+
   assert os.path.getsize(SHIPPED) < 8 * 2 ** 20
   card = open(SHIPPED.replace(".keras", ".md")).read()
-  assert "python -m keras_cnn.train" in card and "R^2" in card
+  command = next(line for line in card.splitlines() if "python -m keras_cnn.train" in line)
+  config = train.config_from_flags(
+      parse_flags("train",
+                  *command.split("keras_cnn.train")[1].split()))
+  rebuilt = model_lib.build_model(config.model)
+  assert rebuilt.count_params() == shipped.count_params()
+  assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in shipped.layers]
+  assert model_lib.source_transform_of(shipped) == config.model.source_transform
 
 
 def test_shipped_model_keeps_the_original_names(shipped):
@@ -33,6 +45,28 @@ def test_shipped_model_keeps_the_original_names(shipped):
   assert {"conv3d_6", "conv3d_17", "dense", "dense_7", "normalize_n_igm"} <= names
   assert shipped.get_layer("n_igm").batch_shape == (None, 31, 31, 31, 1)
   assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+
+
+def test_import_keras_cnn_alone_loads_a_shared_model():
+  """A collaborator who receives a .keras file needs `import keras_cnn` and nothing else;
+  the import registers the layers without loading the pipeline, training or plotting."""
+  code = f"""
+import sys
+import keras
+import keras_cnn
+model = keras.saving.load_model({SHIPPED!r}, safe_mode=True)
+print(model.get_layer("source_transform").kind, model.count_params())
+heavy = ("keras_cnn.pipeline", "keras_cnn.training", "keras_cnn.inference", "keras_cnn.plots")
+print([name for name in heavy if name in sys.modules])
+"""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={
+                              **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+                          })
+  assert result.returncode == 0, result.stderr[-2000:]
+  described, heavy_loaded = result.stdout.strip().splitlines()[-2:]
+  assert described == "log1p 294369"
+  assert heavy_loaded == "[]"
 
 
 @pytest.mark.backend

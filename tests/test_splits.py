@@ -12,6 +12,8 @@ from keras_cnn.data import simulate
 from keras_cnn.data import snapshot as snapshot_lib
 from keras_cnn.data import splits as splits_lib
 
+from helpers import tiny_snapshot
+
 # Three snapshots of one folder, told apart by their mean x_HII.
 MEAN_XHII = {7.305: 0.7, 8.397: 0.5, 9.5: 0.3}
 RADIUS = 2
@@ -205,7 +207,6 @@ def test_evaluate_and_predict_read_several_snapshots_of_a_folder(folders):
 
 
 def test_one_small_box_at_the_default_radius_is_refused_in_one_line(snapshot_dir):
-  from conftest import tiny_snapshot
 
   folder = snapshot_dir(tiny_snapshot((64, 32, 32)))
   with pytest.raises(

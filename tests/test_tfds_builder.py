@@ -8,8 +8,8 @@ import tensorflow_datasets as tfds
 
 from keras_cnn.data import simulate
 from keras_cnn.data import snapshot as snapshot_lib
-from keras_cnn.datasets import reionization_boxes
-from keras_cnn.datasets.reionization_boxes import reionization_boxes_dataset_builder as rb
+from keras_cnn.data import reionization_boxes
+from keras_cnn.data.reionization_boxes import reionization_boxes_dataset_builder as rb
 
 # An equivalent of tfds.testing.DatasetBuilderTestCase (which needs `dill`, not a
 # dependency): build into a temporary data_dir, then check registration, split sizes,
@@ -119,7 +119,7 @@ def test_manual_config_without_snapshots_lists_expected_files(tmp_path):
 
 
 def test_dataset_flag_path_loads_tfds_splits(tmp_path):
-  """`--dataset=reionization_boxes/synthetic_16`, as the README documents it."""
+  """`--dataset=reionization_boxes/synthetic_16`, as docs/data.md documents it."""
   from keras_cnn.data import splits as splits_lib
 
   loaded = splits_lib.load_splits(None, None, "reionization_boxes/synthetic_16", radius=2,

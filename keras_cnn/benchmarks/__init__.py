@@ -1,5 +1,6 @@
 """Benchmarks: `python -m keras_cnn.benchmarks.<name>` prints one JSON object per line."""
 
+import os
 import tempfile
 from typing import Iterator, Sequence, Tuple
 
@@ -27,3 +28,39 @@ def score_box(model, box) -> dict:
   box = snapshot_lib.for_model(box, model_lib.source_transform_of(model))
   with tempfile.TemporaryDirectory() as scratch:
     return inference.evaluate_model(model, [box], scratch, power_spectrum="off", progress=False)
+
+
+def preset_path(name: str) -> str:
+  """Path of the preset flagfile flags/<name>.flags of this checkout."""
+  return os.path.join(os.path.dirname(__file__), "..", "..", "flags", f"{name}.flags")
+
+
+def preset_settings(path: str) -> dict:
+  """{flag name: value text} of a flagfile's `--name=value` lines."""
+  settings = {}
+  with open(path) as stream:
+    for line in stream:
+      line = line.strip()
+      if line.startswith("--") and "=" in line:
+        name, _, value = line[2:].partition("=")
+        settings[name] = value
+  return settings
+
+
+def preset_model_config(settings: dict):
+  """The ModelConfig a preset's model flags describe (other flags are ignored)."""
+  import dataclasses
+
+  from keras_cnn import model as model_lib
+
+  values = {}
+  for field in dataclasses.fields(model_lib.ModelConfig):
+    if field.name not in settings:
+      continue
+    text = settings[field.name]
+    default = getattr(model_lib.ModelConfig(), field.name)
+    if isinstance(default, tuple):
+      values[field.name] = tuple(int(v) for v in text.split(",") if v)
+    else:
+      values[field.name] = type(default)(text)
+  return model_lib.ModelConfig(**values)

@@ -4,8 +4,9 @@
   python -m keras_cnn.benchmarks.predict --networks=default --full_boxes=
 
 Prints one JSON object per (network, engine) with the keys `network` ("default": the
-CPU preset's sizes with 'valid' padding; "week2_valid": r=24, k5, 128 filters,
-pooling 2, 'valid'), `engine` ("dense" or "per_voxel"), `voxels_per_s`,
+model of flags/default.flags, the CPU preset; "week2_valid": that of
+flags/week2_valid.flags, r=24, k5, 128 filters, pooling 2, 'valid'), `engine`
+("dense" or "per_voxel"), `voxels_per_s`,
 `flops_per_voxel` (`keras_cnn.benchmarks.flops`), `matmul_fraction` (useful FLOP/s
 over a float32 4096^2 matmul's FLOP/s, measured in the same run; the dense engine's
 halo work is not counted as useful) and, on the dense lines, `speedup` over the
@@ -32,10 +33,8 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
-NETWORKS = {
-    "default": dict(radius=16, kernel_size=3, filters=16, stride_conv=2, kernel_pooling=1),
-    "week2_valid": dict(radius=24, kernel_size=5, filters=128, stride_conv=1, kernel_pooling=2),
-}
+# Network name -> the preset flagfile (flags/<name>.flags) whose model it measures.
+NETWORKS = {"default": "default", "week2_valid": "week2_valid"}
 # Box side for the dense rate, voxels and batch for the per-voxel rate, per network.
 DENSE_BOX = {"default": 96, "week2_valid": 32}
 PER_VOXEL_SAMPLE = {"default": (512, 64), "week2_valid": (8, 4)}
@@ -54,8 +53,9 @@ def define_flags() -> None:
 
 
 def _config(network: str):
-  from keras_cnn.model import ModelConfig
-  return ModelConfig(padding="valid", **NETWORKS[network])
+  from keras_cnn import benchmarks
+  settings = benchmarks.preset_settings(benchmarks.preset_path(NETWORKS[network]))
+  return benchmarks.preset_model_config(settings)
 
 
 def _random_fields(side: int, seed: int = 0):

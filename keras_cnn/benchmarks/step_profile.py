@@ -30,46 +30,17 @@ import time
 from absl import app
 from absl import flags
 
+from keras_cnn import benchmarks
+
 FLAGS = flags.FLAGS
-PRESET = os.path.join(os.path.dirname(__file__), "..", "..", "flags", "default.flags")
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("preset", PRESET, "Flagfile whose network, patch and batch sizes to use.")
+  flags.DEFINE_string("preset", benchmarks.preset_path("default"),
+                      "Flagfile whose network, patch and batch sizes to use.")
   flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy (auto: keras_cnn.distribute.default_precision).")
   flags.DEFINE_integer("repeats", 5, "Timed calls per stage (after 2 untimed ones).", lower_bound=1)
-
-
-def preset_settings(path: str) -> dict:
-  """{flag name: value text} of a flagfile's `--name=value` lines."""
-  settings = {}
-  with open(path) as stream:
-    for line in stream:
-      line = line.strip()
-      if line.startswith("--") and "=" in line:
-        name, _, value = line[2:].partition("=")
-        settings[name] = value
-  return settings
-
-
-def preset_model_config(settings: dict):
-  """The ModelConfig a preset's model flags describe (other flags are ignored)."""
-  import dataclasses
-
-  from keras_cnn import model as model_lib
-
-  values = {}
-  for field in dataclasses.fields(model_lib.ModelConfig):
-    if field.name not in settings:
-      continue
-    text = settings[field.name]
-    default = getattr(model_lib.ModelConfig(), field.name)
-    if isinstance(default, tuple):
-      values[field.name] = tuple(int(v) for v in text.split(",") if v)
-    else:
-      values[field.name] = type(default)(text)
-  return model_lib.ModelConfig(**values)
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -110,8 +81,8 @@ def main(argv) -> None:
 
   if keras.backend.backend() != "tensorflow":
     raise app.UsageError("this profile runs under KERAS_BACKEND=tensorflow")
-  settings = preset_settings(FLAGS.preset)
-  config = preset_model_config(settings)
+  settings = benchmarks.preset_settings(FLAGS.preset)
+  config = benchmarks.preset_model_config(settings)
   patch = int(settings.get("patch_size", 16))
   batch = int(settings.get("batch_size", 4))
   precision = (distribute.default_precision() if FLAGS.precision == "auto" else FLAGS.precision)

@@ -1,1 +1,2 @@
-"""Reionization snapshots: the built-in simulator, user-snapshot loading and checks."""
+"""Reionization snapshots in NumPy: file formats, checks, split geometry, the built-in
+simulator and the `reionization_boxes` TFDS dataset."""

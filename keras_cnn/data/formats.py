@@ -58,7 +58,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
-from keras_cnn.data.snapshot import SnapshotError
+from keras_cnn.errors import SnapshotError
 
 DATA_FORMATS = ("auto", "npy", "c2ray", "pyc2ray", "21cmfast")
 FIELDS = ("rho", "n_src", "x_hii")

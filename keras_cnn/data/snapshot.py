@@ -13,24 +13,18 @@ folder. `load_snapshot` checks them before any training starts and raises
 import dataclasses
 import functools
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import logging
 
-from keras_cnn import errors
 from keras_cnn import io_utils
-
-if TYPE_CHECKING:
-  from keras_cnn.data import formats
+from keras_cnn.data import formats
+from keras_cnn.data import transforms
+from keras_cnn.errors import SnapshotError
 
 # Field name -> file prefix (the original C2-Ray naming).
 FILE_PREFIXES = {"rho": "rho", "n_src": "nsrc", "x_hii": "xHII"}
-
-
-class SnapshotError(errors.UserError):
-  """A snapshot that cannot be used; the message names file, field and problem."""
-
 
 # Which snapshots of a folder: None (its only one), one redshift, several, or "all".
 RedshiftSelection = Union[None, float, str, Tuple[float, ...]]
@@ -90,9 +84,7 @@ def scale_sources(n_src: np.ndarray) -> np.ndarray:
 def for_model(snapshot: Snapshot, source_transform: str) -> Snapshot:
   """`snapshot` as a model with `source_transform` takes it: its sources over their box
   mean for the mean-scaled kinds (a new Snapshot sharing the other fields), else itself."""
-  from keras_cnn import model as model_lib  # keras only when a model is in play
-
-  if source_transform not in model_lib.MEAN_SCALED:
+  if source_transform not in transforms.MEAN_SCALED:
     return snapshot
   scaled = dataclasses.replace(snapshot, n_src=scale_sources(snapshot.n_src))
   if "n_igm" in snapshot.__dict__:  # the overdensity is computed once per box
@@ -126,8 +118,6 @@ def list_redshifts(data_dir: str, data_format: str = "auto") -> List[float]:
 
   Files are matched across fields by value, within `formats.REDSHIFT_TOLERANCE`.
   """
-  from keras_cnn.data import formats  # formats imports this module
-
   return [snap.redshift for snap in formats.scan(data_dir, data_format)]
 
 
@@ -171,8 +161,6 @@ def select_redshifts(data_dir: str, wanted: RedshiftSelection, data_format: str 
     SnapshotError: no snapshot files, several where one was expected, or a redshift
       without a snapshot.
   """
-  from keras_cnn.data import formats
-
   snapshots = formats.scan(data_dir, data_format)
   if isinstance(wanted, str) and wanted == ALL_REDSHIFTS:
     if not snapshots:
@@ -193,8 +181,6 @@ def select_redshifts(data_dir: str, wanted: RedshiftSelection, data_format: str 
 def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
                    redshift: Optional[float], data_format: str,
                    flag: str = "--redshift") -> "formats.SnapshotFiles":
-  from keras_cnn.data import formats
-
   listed = ", ".join(formats.format_redshift(s.redshift) for s in snapshots)
   if not snapshots:
     others = "" if data_format == "auto" else f" (--data_format={data_format})"
@@ -218,8 +204,6 @@ def _pick_snapshot(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
 def _missing_field(data_dir: str, snapshots: Sequence["formats.SnapshotFiles"],
                    chosen: "formats.SnapshotFiles", field: str) -> "SnapshotError":
   """The error for a field without a file at the chosen redshift."""
-  from keras_cnn.data import formats
-
   found = [chosen.files[f] for f in formats.FIELDS if f in chosen.files]
   layout = found[0].data_format if found else "npy"
   expected = formats.expected_names(layout, chosen.redshift)
@@ -261,8 +245,6 @@ def load_snapshot(data_dir: str, redshift: Optional[float] = None, require_targe
   Raises:
     SnapshotError: one line naming the file, the field and the problem.
   """
-  from keras_cnn.data import formats
-
   snapshots = formats.scan(data_dir, data_format)
   listing = (os.path.abspath(data_dir), data_format, tuple(s.describe() for s in snapshots))
   if listing not in _LOGGED_LISTINGS:  # once per folder, not once per snapshot read from it

@@ -5,7 +5,7 @@ Three sources, one result:
   whole snapshots of their own (`split_redshifts` of `data_dir`, `split_dirs`: other
   folders, e.g. other realizations). The splits without snapshots of their own share
   the selected snapshots of `data_dir` as x-slabs with guard bands >= r
-  (`keras_cnn.pipeline.split_regions`); one split alone takes them whole; when no
+  (`keras_cnn.data.regions.split_regions`); one split alone takes them whole; when no
   snapshot is left for them, they are x-slabs of the training snapshots;
 - `dataset="synthetic"`: the built-in simulator, an independent realization per split;
 - any other `dataset`: a TFDS name whose splits are independent snapshots.
@@ -21,7 +21,9 @@ from absl import logging
 
 from keras_cnn import conventions
 from keras_cnn import errors
+from keras_cnn.data import regions as regions_lib
 from keras_cnn.data import snapshot as snapshot_lib
+from keras_cnn.data import transforms
 
 SYNTHETIC = "synthetic"
 
@@ -68,7 +70,7 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
     from keras_cnn.data import simulate  # heavy imports only when simulating
     return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
                                      **_simulator_redshift(redshift))[split]
-  from keras_cnn.datasets import reionization_boxes  # TFDS only when asked for
+  from keras_cnn.data import reionization_boxes  # TFDS only when asked for
 
   snapshots = reionization_boxes.load_tfds_snapshots(dataset, split, data_dir=tfds_data_dir)
   for snap in snapshots:
@@ -231,9 +233,7 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
           f"the {' and '.join(takers)} split would be empty, and its x-slabs cannot be cut from "
           f"the training snapshots: they have {' and '.join(map(str, lengths))} cells along x; "
           f"give it snapshots of its own with --{takers[0]}_redshifts or --{takers[0]}_dirs")
-    from keras_cnn import pipeline  # tensorflow import only when needed
-
-    regions = pipeline.split_regions(boxes[0].shape, radius, names=["train"] + takers)
+    regions = regions_lib.split_regions(boxes[0].shape, radius, names=["train"] + takers)
     logging.info(
         "%s: no snapshots of their own; cut as x-slabs of the training snapshots, with guard "
         "bands of %d cells (training keeps x in [%d, %d))", " and ".join(takers), radius,
@@ -245,8 +245,6 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
     if len(takers) == 1:
       result[takers[0]] = SplitData(boxes)
     else:
-      from keras_cnn import pipeline  # tensorflow import only when needed
-
       lengths = sorted({box.shape[0] for box in boxes})
       if len(lengths) > 1:
         raise errors.UserError(
@@ -254,7 +252,7 @@ def _user_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelecti
             f"have {' and '.join(map(str, lengths))} cells along x; pick snapshots of one "
             "shape with --redshift, or give splits their own (--test_redshifts, "
             "--validation_dirs, ...)")
-      regions = pipeline.split_regions(boxes[0].shape, radius, names=takers)
+      regions = regions_lib.split_regions(boxes[0].shape, radius, names=takers)
       for split in takers:  # one Snapshot per box for all slabs: overdensity computed once
         result[split] = SplitData(boxes, region=regions[split])
   return {split: result[split] for split in conventions.SPLITS}
@@ -278,14 +276,12 @@ def for_model(splits: Dict[str, SplitData], source_transform: str) -> Dict[str, 
 
 def normalization_stats(data: SplitData, source_transform: str):
   """(mean, variance) of the model's two inputs over the training centres' region."""
-  from keras_cnn import model as model_lib
-
   igm, src = [], []
   for n_igm, n_src, _ in data.fields:
     if data.region is not None:
       n_igm, n_src = n_igm[slice(*data.region)], n_src[slice(*data.region)]
     igm.append(n_igm.ravel())
-    src.append(model_lib.apply_source_transform(n_src, source_transform).ravel())
+    src.append(transforms.apply_source_transform(n_src, source_transform).ravel())
   igm, src = np.concatenate(igm), np.concatenate(src)
   return ((float(igm.mean()), max(float(igm.var()),
                                   1e-12)), (float(src.mean()), max(float(src.var()), 1e-12)))

@@ -6,8 +6,8 @@ Importing this package registers the builder with TFDS (as `reionization_boxes`)
 from typing import List, Optional
 
 from keras_cnn.data.snapshot import Snapshot
-from keras_cnn.datasets.reionization_boxes.reionization_boxes_dataset_builder import Builder
-from keras_cnn.datasets.reionization_boxes.reionization_boxes_dataset_builder import (
+from keras_cnn.data.reionization_boxes.reionization_boxes_dataset_builder import Builder
+from keras_cnn.data.reionization_boxes.reionization_boxes_dataset_builder import (
     ReionizationBoxesConfig)
 
 __all__ = ["Builder", "DATASET_NAME", "ReionizationBoxesConfig", "load_tfds_snapshots"]

@@ -1,1 +1,0 @@
-"""TFDS builders for reionization snapshots."""
