@@ -24,6 +24,7 @@ import numpy as np
 from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import dense
+from keras_cnn import errors
 from keras_cnn import io_utils
 
 ENGINES = ("auto", "dense", "per_voxel")
@@ -311,8 +312,15 @@ def save_array(array: np.ndarray, path: str, overwrite: bool = True) -> str:
   Without `overwrite` the path is claimed: a file that appeared there meanwhile (another
   process's) is kept, and `keras_cnn.errors.UserError` raised (`io_utils.commit_new`).
   """
-  with io_utils.atomic_open(path, "wb", exclusive=not overwrite) as stream:
-    np.save(stream, array, allow_pickle=False)
+  try:
+    with io_utils.atomic_open(path, "wb", exclusive=not overwrite) as stream:
+      np.save(stream, array, allow_pickle=False)
+  except FileExistsError:
+    if overwrite:
+      raise
+    raise errors.UserError(f"{path} was written by another process while this command ran; "
+                           "it is kept: choose another path, or pass --overwrite to "
+                           "replace it") from None
   return path
 
 

@@ -8,8 +8,6 @@ import os
 import secrets
 from typing import Dict, List, Tuple
 
-from keras_cnn import errors
-
 
 def make_temp(folder: str, prefix: str, suffix: str = ".tmp") -> Tuple[int, str]:
   """(descriptor, path) of a new, empty file in `folder` under a unique hidden name.
@@ -35,16 +33,15 @@ def commit_new(tmp_path: str, path: str) -> None:
   the path claimed with O_EXCL (an empty file, for the instant before the rename).
 
   Raises:
-    errors.UserError: `path` exists (a dangling symbolic link included); `tmp_path` is
-      removed.
+    FileExistsError: `path` exists (a dangling symbolic link included); `tmp_path` is
+      removed, `path` kept.
   """
   try:
     _link_or_claim(tmp_path, path)
   except FileExistsError:
     os.remove(tmp_path)
-    raise errors.UserError(f"{path} was written by another process while this command ran; "
-                           "it is kept: choose another path, or pass --overwrite to "
-                           "replace it") from None
+    raise FileExistsError(errno.EEXIST, "written by another process while this command ran",
+                          path) from None
 
 
 def _link_or_claim(tmp_path: str, path: str) -> None:
