@@ -23,7 +23,7 @@ import pytest
 
 from keras_cnn import conventions
 
-from conftest import REPO, REDSHIFT, tiny_snapshot
+from helpers import REPO, REDSHIFT, tiny_snapshot
 
 # A run small enough to finish in seconds: r=2, 2 filters, 2 epochs of 2 steps.
 TINY_RUN = ("--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
