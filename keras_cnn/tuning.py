@@ -86,6 +86,8 @@ LEVERS: Dict[str, Lever] = {
     "dense_units": Lever(("256,128,64,32,16", "128,128,64,32,16", "64,64,32,32,16"),
                          _model(dense_units=_ints), "widths of dense .. dense_4"),
     "radius": Lever((12, 15), _model(radius=int), "crop radius"),
+    "source_transform": Lever(("none", "log1p"), _model(source_transform=str),
+                              "source input transform"),
 }
 DEFAULT_SEARCH = ("learning_rate", "dropout", "block_filters", "dense_units", "loss")
 
