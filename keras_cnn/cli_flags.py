@@ -202,7 +202,8 @@ def define_split_flags() -> None:
         f"Comma list of folders (other realizations) whose snapshots, picked "
         f"by --redshift, are the {split} split's own. Splits without "
         "snapshots of their own share those of --data_dir: as x-slabs with "
-        "guard bands of --radius cells when several do, whole when one does.")
+        "guard bands of --radius cells when several do, whole when one does; "
+        "when --data_dir has none left, they are x-slabs of the training snapshots.")
 
 
 def split_flags_from(flag_values=FLAGS) -> dict:
