@@ -101,8 +101,11 @@ def define_model_flags() -> None:
                            message="--leaky_relu_slope must be in [0, 1)")
   flags.register_validator("batch_norm_momentum", lambda v: 0.0 <= v < 1.0,
                            message="--batch_norm_momentum must be in [0, 1)")
-  flags.DEFINE_enum("source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
-                    "Transform of the source field inside the model, before standardization.")
+  flags.DEFINE_enum(
+      "source_transform", _MODEL.source_transform, list(model_lib.SOURCE_TRANSFORMS),
+      "Transform of the source field inside the model, before standardization: "
+      "none (raw counts), log1p (compresses heavy-tailed sources) or mean_scaled "
+      "(log1p of the sources over their box mean: unit-free).")
   flags.DEFINE_enum(
       "conditioning", _MODEL.conditioning, list(conditioning.KINDS),
       "A value per snapshot fed to the head beside the fields, so one model covers "

@@ -52,7 +52,7 @@ class ModelConfig:
   # torch.nn.BatchNorm3d's momentum=0.1, as in the original network (Keras' own default,
   # 0.99, lets the statistics used for validation lag behind weights that still move).
   batch_norm_momentum: float = 0.9
-  source_transform: str = "log1p"
+  source_transform: str = "none"
   # "same" is the original; "valid" makes the network translation-equivariant, so its
   # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
   padding: str = "valid"
