@@ -128,7 +128,7 @@ def _tiny_inputs(side, seed=0, batch=3):
 
 def test_normalization_travels_in_the_saved_file(tmp_path):
   config = ModelConfig(radius=3, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=1,
-                       padding="same")
+                       padding="same", source_transform="log1p")
   model = build_model(config, n_igm_stats=(0.2, 4.0), n_src_stats=(0.1, 0.5))
   path = tmp_path / "m.keras"
   model.save(path)
