@@ -343,17 +343,22 @@ def is_finished(workdir: str) -> bool:
       for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
 
 
-def _train(config: TrainConfig, workdir: str, precision: str,
-           extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict:
-  radius = config.model.radius
+def load_run_splits(config: TrainConfig) -> dict:
+  """{split: SplitData} of a run, with the sources as its model takes them."""
   data = config.data
-  splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
+  splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, config.model.radius,
                                   tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
                                   mean_xhii=data.mean_xhii, data_seed=data.data_seed,
                                   data_format=data.data_format, box_size_mpc=data.box_size_mpc,
                                   split_redshifts=data.split_redshifts(),
                                   split_dirs=data.split_dirs())
-  splits = splits_lib.for_model(splits, config.model.source_transform)
+  return splits_lib.for_model(splits, config.model.source_transform)
+
+
+def _train(config: TrainConfig, workdir: str, precision: str,
+           extra_callbacks: Sequence[keras.callbacks.Callback]) -> dict:
+  radius = config.model.radius
+  splits = load_run_splits(config)
   for split, split_data in splits.items():
     logging.info("%s: %s", split, split_data.describe())
   kind = config.model.conditioning

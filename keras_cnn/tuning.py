@@ -23,8 +23,10 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
 
+from keras_cnn import conditioning
 from keras_cnn import conventions
 from keras_cnn import errors
 from keras_cnn import io_utils
@@ -192,26 +194,15 @@ def search(base: training.TrainConfig, workdir: str, max_trials: int, trial_minu
   }
   _check_workdir(workdir, identity)
   rows: Dict[str, dict] = {}
-  splits_cache: Dict[int, dict] = {}
+  splits_cache: Dict[tuple, dict] = {}
 
   def validation_r2(config: training.TrainConfig, trial_dir: str) -> float:
-    import keras
-
-    from keras_cnn.data import splits as splits_lib
-
     radius = config.model.radius
-    if radius not in splits_cache:
-      data = config.data
-      loaded = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, radius,
-                                      tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
-                                      mean_xhii=data.mean_xhii, data_seed=data.data_seed,
-                                      data_format=data.data_format, box_size_mpc=data.box_size_mpc,
-                                      split_redshifts=data.split_redshifts(),
-                                      split_dirs=data.split_dirs())
-      splits_cache[radius] = splits_lib.for_model(loaded, config.model.source_transform)
+    key = (radius, config.model.source_transform)
+    if key not in splits_cache:
+      splits_cache[key] = training.load_run_splits(config)
     model = keras.saving.load_model(os.path.join(trial_dir, conventions.MODEL_FILE), safe_mode=True)
-    from keras_cnn import conditioning
-    validation = splits_cache[radius]["validation"]
+    validation = splits_cache[key]["validation"]
     kind = config.model.conditioning
     values = conditioning.values(kind, validation.snapshots) if kind != "none" else None
     scores = training.evaluate_split(model, validation, radius, config.batch_size,
