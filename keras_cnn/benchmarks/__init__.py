@@ -1,7 +1,9 @@
 """Benchmarks: `python -m keras_cnn.benchmarks.<name>` prints one JSON object per line."""
 
 import os
+import statistics
 import tempfile
+import time
 from typing import Iterator, Sequence, Tuple
 
 
@@ -64,3 +66,15 @@ def preset_model_config(settings: dict):
     else:
       values[field.name] = type(default)(text)
   return model_lib.ModelConfig(**values)
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+  """Median wall time of `repeats` calls of `fn`, after `warmup` untimed ones."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)

@@ -14,11 +14,11 @@ the step, not the input pipeline, which `keras_cnn.benchmarks.pipeline` covers).
 """
 
 import json
-import statistics
-import time
 
 from absl import app
 from absl import flags
+
+from keras_cnn import benchmarks
 
 FLAGS = flags.FLAGS
 
@@ -32,17 +32,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 8, "Timed steps per line.")
   flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_bfloat16"],
                     "Keras dtype policy (auto: keras_cnn.distribute.default_precision).")
-
-
-def _median_step(step, steps: int) -> float:
-  for _ in range(2):
-    step()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def main(argv) -> None:
@@ -73,7 +62,7 @@ def main(argv) -> None:
   training.compile_model(model, 1e-3, jit)
   x = inputs(FLAGS.voxel_batch, config.crop_size)
   y = rng.random((FLAGS.voxel_batch, 1)).astype(np.float32)
-  step_s = _median_step(lambda: model.train_on_batch(x, y), FLAGS.steps)
+  step_s = benchmarks.median_seconds(lambda: model.train_on_batch(x, y), FLAGS.steps)
   baseline = FLAGS.voxel_batch / step_s
   common = {
       "network": "default",
@@ -95,7 +84,7 @@ def main(argv) -> None:
     training.compile_model(twin, 1e-3, jit)
     x = inputs(batch, size + 2 * config.radius)
     y = rng.random((batch * size ** 3, 1)).astype(np.float32)
-    step_s = _median_step(lambda: twin.train_on_batch(x, y), FLAGS.steps)
+    step_s = benchmarks.median_seconds(lambda: twin.train_on_batch(x, y), FLAGS.steps)
     rate = batch * size ** 3 / step_s
     print(
         json.dumps({

@@ -24,8 +24,6 @@ FLOPs x 3 per target voxel times voxels/s over the matmul rate), "optimizer" and
 
 import json
 import os
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -44,14 +42,7 @@ def define_flags() -> None:
 
 
 def _median_ms(fn, repeats: int) -> float:
-  for _ in range(2):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+  return 1e3 * benchmarks.median_seconds(fn, repeats)
 
 
 def _conv_gflop(x_shape, kernel_shape) -> float:
