@@ -401,6 +401,29 @@ def define_predict_flags() -> None:
       message="--shard_index must be in [0, --num_shards): shards are numbered from 0")
 
 
+# Defaults of the flags of `define_scale_flags`.
+DEFAULT_SCHEDULER = "none"
+DEFAULT_WORKERS = 0
+
+
+def define_scale_flags() -> None:
+  """`keras_cnn.predict` beyond one machine's memory or cores (`keras_cnn.scale`): where
+  the dense engine's tiles are painted."""
+  if not _once("scheduler"):
+    return
+  flags.DEFINE_string(
+      "scheduler", DEFAULT_SCHEDULER,
+      "Where the dense engine paints tiles: none (this process, in order), threads (Dask "
+      "threads), processes (a local Dask cluster of --workers processes), or the address of "
+      "a dask.distributed scheduler (e.g. tcp://10.0.0.5:8786). Needs the extra 'scale'.")
+  flags.DEFINE_integer("workers", DEFAULT_WORKERS,
+                       "Dask workers of --scheduler=threads or processes "
+                       "(0: one per core).")
+  flags.register_validator("workers", lambda v: v >= 0, message="--workers must be >= 0")
+  flags.register_validator("scheduler", lambda v: bool(v and v.strip()),
+                           message="--scheduler must not be empty")
+
+
 def define_evaluate_flags() -> None:
   """`keras_cnn.evaluate`: how much of each box to score and what to plot."""
   _define_apply_flags()

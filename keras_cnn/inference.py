@@ -14,6 +14,7 @@ fixed by the whole box) that does not depend on the sharding, so on one kind of 
 and software the slabs concatenate to exactly the single-process map.
 """
 
+import dataclasses
 import logging
 import os
 import sys
@@ -248,32 +249,76 @@ def predict_volume_dense(model, n_igm, n_src, x_start: int = 0, x_stop: Optional
   n_igm, n_src, x_stop = _check_volume(n_igm, n_src, x_start, x_stop)
   check_condition(model, condition)
   twin = dense.DenseTwin(model) if twin is None else twin
-  radius = twin.radius
-  shape = n_igm.shape
-  tile = tile_shape(shape, twin, memory_budget_gb)
-  tiles_x = [t for t in _tiles(shape[0], tile[0]) if t[2] > x_start and t[1] < x_stop]
-  tiles_y, tiles_z = _tiles(shape[1], tile[1]), _tiles(shape[2], tile[2])
-  logging.info("Dense engine: tiles of %s voxels (+ halo of %d), %d tile(s).", tile, radius,
-               len(tiles_x) * len(tiles_y) * len(tiles_z))
-  out = np.empty((x_stop - x_start,) + shape[1:], np.float32)
-  with tqdm(total=len(tiles_x) * len(tiles_y) * len(tiles_z), unit="tile", file=sys.stderr,
-            disable=not progress, desc="x_HII", mininterval=1.0) as bar:
-    for tx, ox0, ox1 in tiles_x:
-      ix = np.arange(tx - radius, tx + tile[0] + radius) % shape[0]
-      lo, hi = max(ox0, x_start), min(ox1, x_stop)
-      for ty, oy0, oy1 in tiles_y:
-        iy = np.arange(ty - radius, ty + tile[1] + radius) % shape[1]
-        for tz, oz0, oz1 in tiles_z:
-          iz = np.arange(tz - radius, tz + tile[2] + radius) % shape[2]
-          index = np.ix_(ix, iy, iz)
-          inputs = {"n_igm": n_igm[index][None, ..., None], "n_src": n_src[index][None, ..., None]}
-          if condition is not None:
-            inputs[conditioning.INPUT_NAME] = conditioning.column(condition, 1)
-          values = np.asarray(twin.predict_on_batch(inputs), np.float32)[0, ..., 0]
-          out[lo - x_start:hi - x_start, oy0:oy1,
-              oz0:oz1] = values[lo - tx:hi - tx, oy0 - ty:oy1 - ty, oz0 - tz:oz1 - tz]
-          bar.update(1)
+  tiles = dense_tiles(n_igm.shape, tile_shape(n_igm.shape, twin, memory_budget_gb), twin.radius,
+                      x_start, x_stop)
+  out = np.empty((x_stop - x_start,) + n_igm.shape[1:], np.float32)
+  with tqdm(total=len(tiles), unit="tile", file=sys.stderr, disable=not progress, desc="x_HII",
+            mininterval=1.0) as bar:
+    for tile in tiles:
+      index = np.ix_(*tile.indices)
+      values = paint_tile(twin, n_igm[index], n_src[index], condition)
+      owned = tile.owned
+      out[(slice(owned[0].start - x_start, owned[0].stop - x_start),) + owned[1:]] = \
+          values[tile.crop]
+      bar.update(1)
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseTile:
+  """One pass of the dense engine: the tile's input, with its periodic halo, and the
+  voxels of the map it owns.
+
+  Attributes:
+    indices: per axis, the box indices of the input (tile plus halo, wrapped around).
+    owned: per axis, the slice of the map that this tile paints.
+    crop: per axis, the slice of the tile's output that lands on `owned`.
+  """
+
+  indices: Tuple[np.ndarray, np.ndarray, np.ndarray]
+  owned: Tuple[slice, slice, slice]
+  crop: Tuple[slice, slice, slice]
+
+
+def dense_tiles(box_shape: Sequence[int], tile: Sequence[int], radius: int, x_start: int = 0,
+                x_stop: Optional[int] = None) -> List[DenseTile]:
+  """The tiles of the dense engine that paint the x-slab [x_start, x_stop), in order.
+
+  The tiling is fixed by the whole box (every tile has the shape `tile`; the last one
+  of an axis ends at the box's end and may overlap its neighbour), so any engine that
+  runs these passes paints the same bits as `predict_volume_dense`.
+  """
+  x_stop = box_shape[0] if x_stop is None else x_stop
+  tiles = []
+  per_axis = [_tiles(n, side) for n, side in zip(box_shape, tile)]
+  per_axis[0] = [t for t in per_axis[0] if t[2] > x_start and t[1] < x_stop]
+  logging.info("Dense engine: tiles of %s voxels (+ halo of %d), %d tile(s).", tuple(tile), radius,
+               int(np.prod([len(a) for a in per_axis])))
+  for tx, ox0, ox1 in per_axis[0]:
+    lo, hi = max(ox0, x_start), min(ox1, x_stop)
+    for ty, oy0, oy1 in per_axis[1]:
+      for tz, oz0, oz1 in per_axis[2]:
+        starts = (tx, ty, tz)
+        indices = tuple(
+            np.arange(s - radius, s + side + radius) % n
+            for s, side, n in zip(starts, tile, box_shape))
+        owned = (slice(lo, hi), slice(oy0, oy1), slice(oz0, oz1))
+        crop = tuple(slice(o.start - s, o.stop - s) for o, s in zip(owned, starts))
+        tiles.append(DenseTile(indices, owned, crop))
+  return tiles
+
+
+def paint_tile(twin: dense.DenseTwin, n_igm_tile: np.ndarray, n_src_tile: np.ndarray,
+               condition: Optional[float] = None) -> np.ndarray:
+  """x_HII of a tile (float32, each side 2r less than the input's): one dense pass over
+  the tile's fields with their halo (`DenseTile.indices`)."""
+  inputs = {
+      "n_igm": np.asarray(n_igm_tile, np.float32)[None, ..., None],
+      "n_src": np.asarray(n_src_tile, np.float32)[None, ..., None]
+  }
+  if condition is not None:
+    inputs[conditioning.INPUT_NAME] = conditioning.column(condition, 1)
+  return np.asarray(twin.predict_on_batch(inputs), np.float32)[0, ..., 0]
 
 
 def _check_volume(n_igm, n_src, x_start: int, x_stop: Optional[int]):

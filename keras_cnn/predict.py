@@ -19,6 +19,8 @@ xfrac...) beside the density and sources of that redshift, where train and evalu
 would read it as the simulation's x_HII.
 """
 
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -32,25 +34,103 @@ from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_predict_flags()
+cli_flags.define_scale_flags()
 flags.adopt_module_key_flags(cli_flags)
+
+
+def _refuse_target_name(out: str) -> None:
+  targeted = formats.snapshot_targeted_by(out)
+  if targeted is not None:
+    raise app.UsageError(
+        f"--out={out} would be read as the x_HII target of the snapshot at "
+        f"z={formats.format_redshift(targeted.redshift)} whose density and sources are in that "
+        "folder, so evaluate and train would score the prediction against itself; choose "
+        "another file name or folder")
+
+
+def _several(redshift) -> bool:
+  return isinstance(redshift, (tuple, list)) or redshift == snapshot_lib.ALL_REDSHIFTS
+
+
+def _uses_scale() -> bool:
+  """Whether the command paints through `keras_cnn.scale` (a history, Zarr or Dask)."""
+  from keras_cnn import scale
+
+  return bool(FLAGS.scheduler != cli_flags.DEFAULT_SCHEDULER or scale.is_zarr(FLAGS.out) or
+              scale.is_zarr(FLAGS.data_dir) or (FLAGS.data_dir and _several(FLAGS.redshift)))
+
+
+def _predict_scaled() -> None:
+  """Snapshots of --data_dir painted by `keras_cnn.history` (a folder or Zarr store of
+  maps, or one .npy file), on the --scheduler's workers."""
+  from keras_cnn import history
+  from keras_cnn import inference
+  from keras_cnn import scale
+
+  if not FLAGS.data_dir:
+    raise app.UsageError("--scheduler, Zarr and several redshifts paint the snapshots of "
+                         "--data_dir (a folder, or a .zarr store); give --data_dir")
+  if FLAGS.num_shards > 1:
+    raise app.UsageError("--num_shards cuts one box by hand; with --scheduler, Zarr or several "
+                         "redshifts, spread the tiles with --scheduler=processes or a "
+                         "dask.distributed scheduler instead")
+  try:
+    scale.check_scheduler(FLAGS.scheduler, FLAGS.workers)
+    import dask.array  # noqa: F401
+    import zarr  # noqa: F401
+    if FLAGS.scheduler not in ("none", "threads"):
+      import distributed  # noqa: F401
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
+  except ImportError as error:
+    raise app.UsageError(f"--scheduler, Zarr and several redshifts need the extra 'scale' "
+                         f"({error}): python -m pip install -e \".[scale]\"") from error
+  redshifts = history.select_redshifts(FLAGS.data_dir, FLAGS.redshift, FLAGS.data_format)
+  options = history.PaintOptions(engine=FLAGS.engine, scheduler=FLAGS.scheduler,
+                                 workers=FLAGS.workers, memory_budget_gb=FLAGS.memory_budget_gb,
+                                 batch_size=FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE,
+                                 progress=FLAGS.progress, condition_value=FLAGS.condition_value,
+                                 strict_domain=FLAGS.strict_domain, overwrite=FLAGS.overwrite,
+                                 data_format=FLAGS.data_format, box_size_mpc=FLAGS.box_size_mpc)
+  if _several(FLAGS.redshift) or scale.is_zarr(FLAGS.out):
+    if FLAGS.out.endswith(".npy"):
+      raise app.UsageError(f"--out={FLAGS.out}: --redshift={','.join(map(str, redshifts))} "
+                           "paints one map per snapshot into a folder (or a .zarr store); "
+                           "give a folder")
+    history.check_out(FLAGS.out, redshifts, FLAGS.overwrite, FLAGS.data_dir)
+    model = cli_flags.load_model_or_exit(FLAGS.model)
+    cli_flags.condition_kind_or_exit(model, FLAGS.model)
+    for number, (record, painted) in enumerate(
+        history.paint_history(model, FLAGS.model, FLAGS.data_dir, redshifts, FLAGS.out, options),
+        1):
+      what = f"painted in {record['seconds']:.1f} s" if painted else "kept (already painted)"
+      print(
+          f"[{number}/{len(redshifts)}] z={formats.format_redshift(record['redshift'])}: "
+          f"{os.path.join(FLAGS.out, record['file'])}, mean x_HII {record['mean_xhii']:.4f}, "
+          f"{what}", flush=True)
+    print(f"Wrote {os.path.join(FLAGS.out, history.INDEX_FILE)} ({len(redshifts)} snapshot(s))")
+    return
+  cli_flags.check_output_path(FLAGS.out, is_dir=False)
+  _refuse_target_name(FLAGS.out)
+  model = cli_flags.load_model_or_exit(FLAGS.model)
+  cli_flags.condition_kind_or_exit(model, FLAGS.model)
+  record = history.paint_one(model, FLAGS.model, FLAGS.data_dir, redshifts[0], FLAGS.out, options)
+  print(f"Wrote x_HII map (z={formats.format_redshift(record['redshift'])}, mean x_HII "
+        f"{record['mean_xhii']:.4f}, scheduler {FLAGS.scheduler}) to {FLAGS.out}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli_flags.require_flags("model", "out")
+  if _uses_scale():
+    return _predict_scaled()
   from keras_cnn import inference
 
   batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
 
   cli_flags.check_output_path(FLAGS.out, is_dir=False)
-  targeted = formats.snapshot_targeted_by(FLAGS.out)
-  if targeted is not None:
-    raise app.UsageError(
-        f"--out={FLAGS.out} would be read as the x_HII target of the snapshot at "
-        f"z={formats.format_redshift(targeted.redshift)} whose density and sources are in that "
-        "folder, so evaluate and train would score the prediction against itself; choose "
-        "another file name or folder")
+  _refuse_target_name(FLAGS.out)
   model = cli_flags.load_model_or_exit(FLAGS.model)
   kind = cli_flags.condition_kind_or_exit(model, FLAGS.model)
   radius = inference.model_radius(model)
