@@ -202,6 +202,7 @@ def _open_box(model, data_dir: str, redshift: float, engine: str, options: Paint
 def _paint_box(box: _Box, target, model, twin, model_path: str, scheduler: scale.Scheduler,
                engine: str, options: PaintOptions) -> None:
   if engine == "dense":
+    twin = dense.DenseTwin(model)  # one per box: a twin traces its first tile shape
     scale.paint(box.fields, target, twin, scheduler, model_path=model_path,
                 memory_budget_gb=options.memory_budget_gb, progress=options.progress,
                 condition=box.condition)

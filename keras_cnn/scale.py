@@ -415,14 +415,38 @@ _LOCAL = threading.local()
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _twin_of(model_path: str) -> dense.DenseTwin:
-  """The dense twin of the model file, loaded once per worker thread."""
-  twins = getattr(_LOCAL, "twins", None)
-  if twins is None:
-    twins = _LOCAL.twins = {}
-  if model_path not in twins:
-    twins[model_path] = dense.DenseTwin(inference.load_model(model_path))
-  return twins[model_path]
+def _twin_of(model_path: str, tile: Tuple[int, int, int]) -> dense.DenseTwin:
+  """The dense twin of the model file for tiles of shape `tile`, made once per worker
+  thread (a twin traces its pass for the first tile shape it sees, so each shape has
+  its own)."""
+  cache = getattr(_LOCAL, "cache", None)
+  if cache is None:
+    cache = _LOCAL.cache = {}
+  if model_path not in cache:
+    cache[model_path] = inference.load_model(model_path)
+  if (model_path, tile) not in cache:
+    cache[(model_path, tile)] = dense.DenseTwin(cache[model_path])
+  return cache[(model_path, tile)]
+
+
+def _warm(model_path: str, tile: Tuple[int, int, int]) -> None:
+  twin = _twin_of(model_path, tile)
+  halo = tuple(side + 2 * twin.radius for side in tile)
+  inference.paint_tile(twin, np.zeros(halo, np.float32), np.zeros(halo, np.float32),
+                       0.0 if twin.conditioning != "none" else None)
+
+
+def warm_up(scheduler: Scheduler, model_path: str, tile: Tuple[int, int, int]) -> None:
+  """Loads the model and traces one pass of `tile` on every worker of a distributed
+  scheduler (before timing it)."""
+  if scheduler.kind != "distributed":
+    return
+  client = scheduler.client
+  futures = [
+      client.submit(_warm, os.path.abspath(model_path), tuple(tile), workers=[address], pure=False,
+                    allow_other_workers=False) for address in client.scheduler_info()["workers"]
+  ]
+  client.gather(futures)
 
 
 def _tile_starts(owned: Sequence[Tuple[int, int]], shape: Sequence[int],
@@ -440,7 +464,7 @@ def _paint_block(fields: BoxFields, model_path: str, tile: Tuple[int, int, int],
       np.arange(s - radius, s + side + radius) % n
       for s, side, n in zip(starts, tile, fields.shape)
   ]
-  values = inference.paint_tile(_twin_of(model_path), *fields.tile(indices), condition)
+  values = inference.paint_tile(_twin_of(model_path, tuple(tile)), *fields.tile(indices), condition)
   return values[tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(owned, starts))]
 
 
