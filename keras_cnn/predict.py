@@ -12,6 +12,15 @@ concatenated along x in shard order, are exactly the single-process map:
   python -c "import numpy as np; np.save('xhii_pred.npy', np.concatenate(
       [np.load(f'xhii_shard{i}.npy') for i in range(4)], axis=0))"
 
+`--redshift=all` (or a comma list) paints every snapshot of --data_dir into the folder
+--out (`xHII_z{z:.3f}.npy` and index.json; a rerun goes on where it stopped); an --out or
+--data_dir ending in .zarr is a Zarr store; `--scheduler=threads|processes|<address>`
+paints the dense engine's tiles on Dask workers (`keras_cnn.history`, `keras_cnn.scale`,
+docs/scale.md):
+
+  python -m keras_cnn.predict --model=model.keras --data_dir=boxes/ --redshift=all \\
+      --out=history/ --scheduler=processes --workers=4
+
 The output file appears only when complete, and an existing file is never replaced
 without --overwrite (an input file never); of two commands writing one --out, the
 second to finish fails. A map is never written under a target's name (xHII_z{z}.npy,
