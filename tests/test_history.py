@@ -107,3 +107,27 @@ def test_the_input_folder_and_other_files_are_refused(setup, tmp_path, parse_fla
   with pytest.raises(app.UsageError, match="paints one map per snapshot into a folder"):
     _predict(parse_flags, model_path, data_dir, str(tmp_path / "one.npy"))
   assert os.listdir(busy) == ["notes.txt"]
+
+
+def test_one_snapshot_through_dask_into_a_file(setup, tmp_path, parse_flags, capsys):
+  """One redshift, a Zarr input and --scheduler=threads: one .npy map, as before."""
+  model_path, data_dir = setup
+  store = str(tmp_path / "boxes.zarr")
+  group = zarr.open_group(store, mode="w")
+  box = tiny_snapshot(SHAPE, with_target=False)
+  group.create_array("rho_z8.250", data=box.rho, chunks=(4, 4, 4))
+  group.create_array("nsrc_z8.250", data=box.n_src, chunks=(4, 4, 4))
+  out = str(tmp_path / "map.npy")
+  parse_flags("predict", f"--model={model_path}", f"--data_dir={store}", "--redshift=8.25",
+              f"--out={out}", "--noprogress", "--scheduler=threads", "--workers=2")
+  predict.main(["predict"])
+  assert f"to {out}" in capsys.readouterr().out
+  expected = inference.predict_volume_dense(inference.load_model(model_path), box.n_igm, box.n_src,
+                                            progress=False, condition=8.25)
+  np.testing.assert_array_equal(np.load(out), expected)
+  for extra, message in ((["--workers=2"], "--workers=2 needs --scheduler=threads or processes"),
+                         (["--num_shards=2"], "--num_shards cuts one box by hand")):
+    parse_flags("predict", f"--model={model_path}", f"--data_dir={data_dir}", "--redshift=all",
+                f"--out={tmp_path / 'other'}", *extra)
+    with pytest.raises(app.UsageError, match=message):
+      predict.main(["predict"])

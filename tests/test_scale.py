@@ -20,8 +20,8 @@ from test_dense import random_valid_model  # noqa: E402
 
 SHAPE = (10, 9, 8)  # non-cubic; tiles of 4 leave a last tile that overlaps its neighbour
 SIZES = dict(radius=3, kernel_size=3, filters=2)
-# A budget small enough to cut SHAPE into several tiles per axis.
-BUDGET = 2e-6
+# A budget that cuts SHAPE into tiles of (4, 3, 4): along x the last tile overlaps its neighbour.
+BUDGET = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_memory_mapped_and_zarr_inputs_paint_the_in_process_map(saved, reference
   np.testing.assert_array_equal(_paint(model_path, model, from_npy), reference)
   from_zarr, x_hii = scale.zarr_fields(store, REDSHIFT, mean_scaled=False, radius=3)
   assert x_hii is None
-  np.testing.assert_array_equal(_paint(model_path, model, from_zarr, "threads", 2), reference)
+  np.testing.assert_array_equal(_paint(model_path, model, from_zarr, "threads", 1), reference)
 
 
 @pytest.mark.slow
@@ -138,3 +138,17 @@ def test_bad_zarr_inputs_fail_with_one_line(tmp_path, box):
     scale.zarr_fields(store, REDSHIFT, mean_scaled=False)
   with pytest.raises(ValueError, match="--workers=2 needs --scheduler=threads or processes"):
     scale.check_scheduler("none", 2)
+
+
+def test_tiles_hold_the_inputs_the_model_takes(saved, box):
+  """A tile's overdensity and mean-scaled sources equal those of the whole box in memory."""
+  _, _, data_dir, store = saved
+  whole = [np.arange(n) for n in SHAPE]
+  shifted = [(np.arange(n) + 3) % n for n in SHAPE]  # wraps around every face
+  loaded = snapshot_lib.load_snapshot(data_dir, REDSHIFT, require_target=False)
+  for fields in (scale.fields_of_snapshot(loaded, mean_scaled=True),
+                 scale.zarr_fields(store, REDSHIFT, mean_scaled=True)[0]):
+    n_igm, n_src = fields.tile(whole)
+    np.testing.assert_array_equal(n_igm, snapshot_lib.overdensity(box.rho))
+    np.testing.assert_allclose(n_src, snapshot_lib.scale_sources(box.n_src), rtol=1e-6)
+    np.testing.assert_array_equal(fields.tile(shifted)[0], n_igm[np.ix_(*shifted)])
