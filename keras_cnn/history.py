@@ -122,11 +122,6 @@ def check_out(out: str, redshifts: List[float], overwrite: bool,
   if os.path.lexists(out) and not os.path.isdir(out):
     raise errors.UserError(f"--out={out} is a file; several snapshots are painted into a "
                            "folder (or a .zarr store): choose a new folder")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    ours = {INDEX_FILE, "zarr.json"} if zarr else {INDEX_FILE}
-    if not ours & set(os.listdir(out)):
-      raise errors.UserError(f"--out={out} is a folder that already holds other files; choose "
-                             "a new folder, or pass --overwrite to write the maps into it")
   if not zarr:
     for redshift in redshifts:
       targeted = formats.snapshot_targeted_by(os.path.join(out, map_name(redshift)))
@@ -135,6 +130,11 @@ def check_out(out: str, redshifts: List[float], overwrite: bool,
             f"--out={out} holds the density and sources of z={formats.format_redshift(redshift)}, "
             f"so {map_name(redshift)} written there would be read as that snapshot's x_HII "
             "target; choose another folder")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    ours = {INDEX_FILE, "zarr.json"} if zarr else {INDEX_FILE}
+    if not ours & set(os.listdir(out)):
+      raise errors.UserError(f"--out={out} is a folder that already holds other files; choose "
+                             "a new folder, or pass --overwrite to write the maps into it")
 
 
 def read_index(out: str) -> List[dict]:

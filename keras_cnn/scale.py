@@ -545,6 +545,7 @@ def paint(fields: BoxFields, target, twin: dense.DenseTwin, scheduler: Scheduler
   if progress:
     from distributed import progress as show_progress
 
-    show_progress(future, notebook=False)
+    with contextlib.redirect_stdout(sys.stderr):  # bars go to stderr, results to stdout
+      show_progress(future, notebook=False)
   future.result()
   return tile

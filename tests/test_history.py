@@ -96,8 +96,9 @@ def test_a_zarr_store_of_maps(setup, tmp_path, parse_flags):
 def test_the_input_folder_and_other_files_are_refused(setup, tmp_path, parse_flags):
   model_path, data_dir = setup
   before = sorted(os.listdir(data_dir))
-  with pytest.raises(Exception, match="would be read as that snapshot's x_HII target"):
-    _predict(parse_flags, model_path, data_dir, data_dir, "--overwrite")
+  for extra in ([], ["--overwrite"]):
+    with pytest.raises(Exception, match="would be read as that snapshot's x_HII target"):
+      _predict(parse_flags, model_path, data_dir, data_dir, *extra)
   assert sorted(os.listdir(data_dir)) == before
   busy = tmp_path / "busy"
   busy.mkdir()
