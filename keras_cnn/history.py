@@ -199,13 +199,19 @@ def _open_box(model, data_dir: str, redshift: float, engine: str, options: Paint
   return _Box(None, snapshot, condition, snapshot.shape)
 
 
-def _paint_box(box: _Box, target, model, twin, model_path: str, scheduler: scale.Scheduler,
+def _twin(model, twins: dict, shape) -> dense.DenseTwin:
+  """One dense twin per box shape: a twin traces its pass for the first tile shape."""
+  if tuple(shape) not in twins:
+    twins[tuple(shape)] = dense.DenseTwin(model)
+  return twins[tuple(shape)]
+
+
+def _paint_box(box: _Box, target, model, twins: dict, model_path: str, scheduler: scale.Scheduler,
                engine: str, options: PaintOptions) -> None:
   if engine == "dense":
-    twin = dense.DenseTwin(model)  # one per box: a twin traces its first tile shape
-    scale.paint(box.fields, target, twin, scheduler, model_path=model_path,
-                memory_budget_gb=options.memory_budget_gb, progress=options.progress,
-                condition=box.condition)
+    scale.paint(box.fields, target, _twin(model, twins, box.shape), scheduler,
+                model_path=model_path, memory_budget_gb=options.memory_budget_gb,
+                progress=options.progress, condition=box.condition)
     return
   target[...] = inference.predict_map(model, box.snapshot.n_igm, box.snapshot.n_src,
                                       engine="per_voxel", batch_size=options.batch_size,
@@ -227,10 +233,10 @@ def _resolve(model, options: PaintOptions) -> str:
   return engine
 
 
-def _chunks(model, twin, shape, engine: str, options: PaintOptions):
+def _chunks(model, twins: dict, shape, engine: str, options: PaintOptions):
   if engine != "dense":
     return tuple(min(n, 64) for n in shape)
-  return inference.tile_shape(shape, twin, options.memory_budget_gb)
+  return scale.tile_chunks(shape, _twin(model, twins, shape), options.memory_budget_gb)
 
 
 def paint_history(model, model_path: str, data_dir: str, redshifts: List[float], out: str,
@@ -253,7 +259,7 @@ def paint_history(model, model_path: str, data_dir: str, redshifts: List[float],
   check_out(out, redshifts, options.overwrite, data_dir)
   engine = _resolve(model, options)
   zarr = scale.is_zarr(out)
-  twin = dense.DenseTwin(model) if engine == "dense" else None
+  twins = {}
   os.makedirs(out, exist_ok=True)
   records = {round(r["redshift"], 3): r for r in read_index(out)}
   with scale.open_scheduler(options.scheduler, options.workers) as scheduler:
@@ -276,12 +282,12 @@ def paint_history(model, model_path: str, data_dir: str, redshifts: List[float],
       start = time.perf_counter()
       box = _open_box(model, data_dir, redshift, engine, options, model_path)
       if zarr:
-        chunks = _chunks(model, twin, box.shape, engine, options)
+        chunks = _chunks(model, twins, box.shape, engine, options)
         output = scale.zarr_output(out, name, box.shape, chunks, overwrite=options.overwrite)
       else:
         output = scale.npy_output(path, box.shape, overwrite=options.overwrite)
       with output as target:
-        _paint_box(box, target, model, twin, model_path, scheduler, engine, options)
+        _paint_box(box, target, model, twins, model_path, scheduler, engine, options)
       mean = _map_mean(out, name) if zarr else _map_mean(path)
       records[key] = dict(redshift=redshift, file=name, mean_xhii=mean,
                           seconds=round(time.perf_counter() - start, 3))
@@ -294,12 +300,11 @@ def paint_one(model, model_path: str, data_dir: str, redshift: Optional[float], 
   """Paints one snapshot into the .npy file `out` through `keras_cnn.scale` (lazy inputs,
   any scheduler); returns its record (as in index.json)."""
   engine = _resolve(model, options)
-  twin = dense.DenseTwin(model) if engine == "dense" else None
   redshift = select_redshifts(data_dir, redshift, options.data_format)[0]
   start = time.perf_counter()
   with scale.open_scheduler(options.scheduler, options.workers) as scheduler:
     box = _open_box(model, data_dir, redshift, engine, options, model_path)
     with scale.npy_output(out, box.shape, overwrite=options.overwrite) as target:
-      _paint_box(box, target, model, twin, model_path, scheduler, engine, options)
+      _paint_box(box, target, model, {}, model_path, scheduler, engine, options)
   return dict(redshift=redshift, file=out, mean_xhii=_map_mean(out),
               seconds=round(time.perf_counter() - start, 3))
