@@ -23,12 +23,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import cli
 from keras_cnn import cli_flags
 from keras_cnn import conditioning
-from keras_cnn import domain
-from keras_cnn import model as model_lib
+from keras_cnn import config
 from keras_cnn.data import formats
-from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_predict_flags()
@@ -38,12 +37,11 @@ flags.adopt_module_key_flags(cli_flags)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli_flags.require_flags("model", "out")
+  cli.require_flags("model", "out")
   from keras_cnn import inference
 
-  batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
-
-  cli_flags.check_output_path(FLAGS.out, is_dir=False)
+  settings = cli_flags.apply_config_from_flags(config.PredictConfig)
+  cli.check_output_path(FLAGS.out, is_dir=False)
   targeted = formats.snapshot_targeted_by(FLAGS.out)
   if targeted is not None:
     raise app.UsageError(
@@ -51,37 +49,30 @@ def main(argv):
         f"z={formats.format_redshift(targeted.redshift)} whose density and sources are in that "
         "folder, so evaluate and train would score the prediction against itself; choose "
         "another file name or folder")
-  model = cli_flags.load_model_or_exit(FLAGS.model)
-  kind = cli_flags.condition_kind_or_exit(model, FLAGS.model)
-  radius = inference.model_radius(model)
-  snapshots = cli_flags.load_box_from_flags(radius=radius, require_target=False)
-  if FLAGS.box_index >= len(snapshots):
-    raise app.UsageError(f"--box_index={FLAGS.box_index} but the data hold "
-                         f"{len(snapshots)} box(es)")
-  snapshot = snapshot_lib.for_model(snapshots[FLAGS.box_index],
-                                    model_lib.source_transform_of(model))
-  domain.check_inputs(model, [snapshot], strict=FLAGS.strict_domain, model_name=FLAGS.model)
-  condition = conditioning.value(kind, snapshot, FLAGS.condition_value)
+  applied = cli.load_model_and_boxes(require_target=False, box_index=settings.box_index)
+  (snapshot,) = applied.snapshots
+  condition = conditioning.value(applied.kind, snapshot, settings.apply.condition_value)
   if condition is not None:
-    logging.info("Conditioning on the %s: %.6g.", kind, condition)
+    logging.info("Conditioning on the %s: %.6g.", applied.kind, condition)
   try:
-    start, stop = inference.shard_bounds(snapshot.shape[0], FLAGS.num_shards, FLAGS.shard_index)
-    engine = inference.resolve_engine(model, FLAGS.engine)
+    start, stop = inference.shard_bounds(snapshot.shape[0], settings.num_shards,
+                                         settings.shard_index)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   logging.info("Predicting x-planes [%d, %d) of %s, shape %s, with r=%d, engine %s.", start, stop,
-               snapshot.name, snapshot.shape, radius, engine)
-  x_hii = inference.predict_map(model, snapshot.n_igm, snapshot.n_src, engine=engine, x_start=start,
-                                x_stop=stop, batch_size=batch_size,
-                                memory_budget_gb=FLAGS.memory_budget_gb, progress=FLAGS.progress,
-                                condition=condition)
-  inference.save_array(x_hii, FLAGS.out, overwrite=FLAGS.overwrite)
-  where = ("the whole box" if FLAGS.num_shards == 1 else
-           f"shard {FLAGS.shard_index} of {FLAGS.num_shards}: x-planes [{start}, {stop}) "
+               snapshot.name, snapshot.shape, applied.radius, applied.engine)
+  x_hii = inference.predict_map(applied.model, snapshot.n_igm, snapshot.n_src,
+                                engine=applied.engine, x_start=start, x_stop=stop,
+                                batch_size=settings.apply.batch_size,
+                                memory_budget_gb=settings.apply.memory_budget_gb,
+                                progress=settings.apply.progress, condition=condition)
+  inference.save_array(x_hii, FLAGS.out, overwrite=settings.apply.overwrite)
+  where = ("the whole box" if settings.num_shards == 1 else
+           f"shard {settings.shard_index} of {settings.num_shards}: x-planes [{start}, {stop}) "
            f"of a box of shape {tuple(snapshot.shape)}")
-  print(f"Wrote x_HII map of shape {tuple(x_hii.shape)} float32 ({where}, {engine} engine) "
-        f"to {FLAGS.out}")
+  print(f"Wrote x_HII map of shape {tuple(x_hii.shape)} float32 ({where}, {applied.engine} "
+        f"engine) to {FLAGS.out}")
 
 
 if __name__ == "__main__":
-  cli_flags.run(main)
+  cli.run(main)

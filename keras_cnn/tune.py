@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import cli
 from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
 from keras_cnn import tuning
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli_flags.run(main)
+  cli.run(main)
