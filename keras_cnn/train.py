@@ -29,6 +29,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
+  cli.refuse_ignored_flags(config.ignored_settings())
   if os.path.lexists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     raise app.UsageError(f"--workdir={FLAGS.workdir} is a file, not a folder; choose a new or "
                          "empty folder")

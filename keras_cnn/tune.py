@@ -45,6 +45,7 @@ def main(argv):
                          f"{', '.join(tuning.LEVERS)}")
   logging.set_verbosity(logging.INFO)
   base = cli_flags.train_config_from_flags()
+  cli.refuse_ignored_flags(base.ignored_settings())
   try:
     model_lib.validate_config(base.model)
   except ValueError as error:

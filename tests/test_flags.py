@@ -10,6 +10,7 @@ import sys
 import pytest
 from absl import flags
 
+from keras_cnn import cli
 from keras_cnn import config
 from keras_cnn import evaluate  # noqa: F401  (defines --num_examples)
 from keras_cnn import model as model_lib
@@ -234,3 +235,35 @@ def test_evaluate_and_predict_settings_come_from_their_flags(parse):
   prediction = cli_flags.apply_config_from_flags(config.PredictConfig, values)
   assert (prediction.shard_index, prediction.num_shards) == (1, 3)
   assert prediction.apply == evaluation.apply
+
+
+@pytest.mark.parametrize("command,args,refused", [
+    ("train", ["--test_examples=100"], "--test_examples=100"),
+    ("train", ["--validation_examples=100"], "--validation_examples=100"),
+    ("train", ["--stratify_bins=4"], "--stratify_bins=4"),
+    ("tune", ["--validation_examples=100", "--max_trials=1"], "--validation_examples=100"),
+])
+def test_a_flag_the_mode_ignores_is_refused_in_one_line(tmp_path, run_module, command, args,
+                                                        refused):
+  """The defaults ('valid' padding, patch training) score every test voxel and validate on
+  patches: --test_examples, --validation_examples and --stratify_bins would change
+  nothing, so giving them stops the command before it writes anything."""
+  workdir = tmp_path / "run"
+  result = run_module(f"keras_cnn.{command}", f"--workdir={workdir}", *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Error: {refused} would be ignored"), last
+  assert not workdir.exists()
+
+
+def test_flags_read_in_the_mode_or_left_at_their_default_pass(parse):
+  """The same flags are read by 'same' models trained on voxels, and a rerun with a
+  workdir's flags.txt (every flag, defaults included) passes in any mode."""
+  for args in (("--padding=same", "--train_unit=voxel", "--test_examples=100",
+                "--validation_examples=100", "--stratify_bins=4"),
+               ("--test_examples=16384", "--validation_examples=4096", "--stratify_bins=0")):
+    values = parse(*args)
+    cli.refuse_ignored_flags(train.config_from_flags(values).ignored_settings(), values)
+  values = parse("--padding=same", "--train_unit=voxel", "--test_examples=100")
+  assert train.config_from_flags(values).test_examples == 100
