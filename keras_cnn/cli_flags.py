@@ -13,7 +13,7 @@ GPU-sized network. The runtime helpers of the commands are in `keras_cnn.cli`.
 
 import dataclasses
 import typing
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 from absl import flags
 
@@ -59,33 +59,32 @@ def _optional_tuple(value):
   return tuple(value) if value else None
 
 
-# How each kind of field becomes a flag: (define(name, default, help, field, flag_values),
-# flag value -> field value). A kind is named in a field's metadata ("kind") or follows
-# from its type; a new kind is a new entry here.
+# How each kind of field becomes a flag: (define(name, default, help, field, keywords),
+# flag value -> field value); `keywords` go to absl's DEFINE_* (flag_values, module_name).
+# A kind is named in a field's metadata ("kind") or follows from its type; a new kind is a
+# new entry here.
 _KINDS: Dict[str, tuple] = {
-    "bool": (lambda name, default, help, f, fv: flags.DEFINE_boolean(name, default, help,
-                                                                     flag_values=fv), None),
-    "int": (lambda name, default, help, f, fv: flags.DEFINE_integer(name, default, help, flag_values
-                                                                    =fv), None),
+    "bool":
+        (lambda name, default, help, f, kw: flags.DEFINE_boolean(name, default, help, **kw), None),
+    "int":
+        (lambda name, default, help, f, kw: flags.DEFINE_integer(name, default, help, **kw), None),
     "float":
-        (lambda name, default, help, f, fv: flags.DEFINE_float(name, default, help, flag_values=fv),
-         None),
-    "str": (
-        lambda name, default, help, f, fv: flags.DEFINE_string(name, default, help, flag_values=fv),
-        None),
-    "enum": (lambda name, default, help, f, fv: flags.DEFINE_enum(
-        name, default, list(f.metadata["choices"]), help, flag_values=fv), None),
-    "int_list": (lambda name, default, help, f, fv: flags.DEFINE_list(
-        name, None if default is None else [str(v) for v in default], help, flag_values=fv),
+        (lambda name, default, help, f, kw: flags.DEFINE_float(name, default, help, **kw), None),
+    "str":
+        (lambda name, default, help, f, kw: flags.DEFINE_string(name, default, help, **kw), None),
+    "enum": (lambda name, default, help, f, kw: flags.DEFINE_enum(
+        name, default, list(f.metadata["choices"]), help, **kw), None),
+    "int_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
+        name, None if default is None else [str(v) for v in default], help, **kw),
                  lambda v: tuple(int(s) for s in v)),
-    "str_list": (lambda name, default, help, f, fv: flags.DEFINE_list(
-        name, None if default is None else list(default), help, flag_values=fv), _optional_tuple),
-    "redshift": (lambda name, default, help, f, fv: flags.DEFINE(
-        _RedshiftParser(allow_all=True, as_list=False), name, default, help, flag_values=fv,
-        serializer=_RedshiftSerializer()), None),
-    "redshift_list": (lambda name, default, help, f, fv: flags.DEFINE(
-        _RedshiftParser(allow_all=False, as_list=True), name, default, help, flag_values=fv,
-        serializer=_RedshiftSerializer()), _optional_tuple),
+    "str_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
+        name, None if default is None else list(default), help, **kw), _optional_tuple),
+    "redshift": (lambda name, default, help, f, kw: flags.DEFINE(
+        _RedshiftParser(allow_all=True, as_list=False), name, default, help, serializer=
+        _RedshiftSerializer(), **kw), None),
+    "redshift_list": (lambda name, default, help, f, kw: flags.DEFINE(
+        _RedshiftParser(allow_all=False, as_list=True), name, default, help, serializer=
+        _RedshiftSerializer(), **kw), _optional_tuple),
 }
 
 
@@ -127,15 +126,20 @@ def _register_checks(field: dataclasses.Field, flag_values) -> None:
                              flag_values=flag_values)
 
 
-def define_config_flags(config_class, names: Iterable[str] = None, flag_values=FLAGS) -> None:
+def define_config_flags(config_class, names: Iterable[str] = None, flag_values=FLAGS,
+                        module_name: Optional[str] = None) -> None:
   """Defines a flag for each setting of `config_class` (or those of `names`): its name,
   default, choices, help and checks are the field's. A flag already defined is kept,
-  so commands that share a setting share its flag."""
+  so commands that share a setting share its flag. The flags count as this module's
+  (their key module for --help and train's flags.txt), or as `module_name`'s."""
+  keywords = {"flag_values": flag_values}
+  if module_name:
+    keywords["module_name"] = module_name
   for field in config.settings_of(config_class):
     if (names is not None and field.name not in names) or field.name in flag_values:
       continue
     define = _KINDS[_kind(field)][0]
-    define(field.name, config.flag_default(field), field.metadata["help"], field, flag_values)
+    define(field.name, config.flag_default(field), field.metadata["help"], field, keywords)
     _register_checks(field, flag_values)
 
 

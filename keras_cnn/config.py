@@ -2,11 +2,11 @@
 
 `ModelConfig` (the network's sizes), `DataConfig` (where snapshots come from),
 `TrainConfig` (a training run), `ApplyConfig` (what evaluate and predict share),
-`EvaluateConfig` and `PredictConfig`. Each field is declared with `setting`, which
-keeps beside its default the help text, the choices and the checks of its flag;
-`keras_cnn.cli_flags` defines the flags of the commands from these fields, so a
-default, a choice list or a help text is written once, here. Reading the flags of a
-command therefore loads no model or trainer.
+`EvaluateConfig`, `PredictConfig` and `TuneConfig` (a search's own). Each field is
+declared with `setting`, which keeps beside its default the help text, the choices and
+the checks of its flag; `keras_cnn.cli_flags` defines the flags of the commands from
+these fields, so a default, a choice list or a help text is written once, here. Reading
+the flags of a command therefore loads no model or trainer.
 
 The choice lists of the settings live here too (`TRAIN_UNITS`, `DISTRIBUTIONS`, ...);
 the modules that use them refer to these.
@@ -36,6 +36,11 @@ BACKEND_SETTINGS = ("auto", "on", "off")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 ENGINES = ("auto", "dense", "per_voxel")
 POWER_SPECTRA = ("auto", "tools21cm", "numpy", "off")
+TUNERS = ("bayesian", "random")
+# The settings a search can vary, in the order of `keras_cnn.tuning.LEVERS`.
+SEARCHABLE = ("learning_rate", "lr_schedule", "loss", "batch_size", "patch_size", "dropout",
+              "block_filters", "block_strides", "dense_units", "radius", "source_transform")
+DEFAULT_SEARCH = ("learning_rate", "dropout", "block_filters", "dense_units", "loss")
 
 BLOCKS = 3  # conv blocks per branch
 TRAIN_BATCH_SIZE = {"patch": 4, "voxel": 64}  # patches, or crops, per training batch
@@ -389,3 +394,19 @@ class PredictConfig:
   shard_index: int = setting(0, "Which x-slab to predict, in [0, --num_shards).")
   box_index: int = setting(0, "Which box of the split to paint when it holds several.",
                            checks=[NON_NEGATIVE])
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+  """`keras_cnn.tune`: how many trials, how long each, and what they vary (the trials
+  start from a `TrainConfig`)."""
+
+  max_trials: int = setting(12, "Trials in all (a rerun goes on to this number).",
+                            checks=[POSITIVE])
+  trial_minutes: float = setting(5.0, "Wall-clock training budget of each trial.",
+                                 checks=[at_least(0.01)])
+  search: Tuple[str, ...] = setting(DEFAULT_SEARCH,
+                                    "Settings to vary: any of " + ", ".join(SEARCHABLE) + ".")
+  tuner: str = setting("bayesian", "KerasTuner oracle: Bayesian optimization or random search.",
+                       choices=TUNERS)
+  tuner_seed: int = setting(0, "Seed of the oracle's proposals.")

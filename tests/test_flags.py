@@ -145,7 +145,7 @@ print(sorted(set(flags.FLAGS) - before))
 # (--flagfile, --help, ...) are not keras_cnn's and are not counted.
 COMMAND_ONLY = {
     "train": {"workdir"},
-    "tune": {"workdir", "max_trials", "trial_minutes", "search", "tuner", "tuner_seed"},
+    "tune": {"workdir"},
     "evaluate": {"model", "out"},
     "predict": {"model", "out"},
 }
@@ -153,7 +153,7 @@ _TRAINING = (config.ModelConfig, config.DataConfig, config.TrainConfig)
 # The config dataclasses whose settings each command has as flags.
 COMMAND_CONFIGS = {
     "train": _TRAINING,
-    "tune": _TRAINING,
+    "tune": _TRAINING + (config.TuneConfig,),
     "evaluate": (config.DataConfig, config.ApplyConfig, config.EvaluateConfig),
     "predict": (config.DataConfig, config.ApplyConfig, config.PredictConfig),
 }
