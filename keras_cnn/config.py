@@ -6,7 +6,7 @@
 declared with `setting`, which keeps beside its default the help text, the choices and
 the checks of its flag; `keras_cnn.cli_flags` defines the flags of the commands from
 these fields, so a default, a choice list or a help text is written once, here. Reading
-the flags of a command therefore loads no model or trainer.
+the flags of a command therefore loads no trainer (`keras_cnn.training`).
 
 The choice lists of the settings live here too (`TRAIN_UNITS`, `DISTRIBUTIONS`, ...);
 the modules that use them refer to these.
