@@ -55,9 +55,10 @@ import logging
 import os
 from typing import Iterator, Optional, Sequence
 
+from keras_cnn import config
 from keras_cnn import errors
 
-DISTRIBUTIONS = ("none", "data_parallel")
+DISTRIBUTIONS = config.DISTRIBUTIONS
 
 # Process-wide state: a tf.distribute strategy (MultiWorkerMirroredStrategy in particular)
 # and jax.distributed can be set up only once per process.

@@ -22,12 +22,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import cli
 from keras_cnn import cli_flags
+from keras_cnn import config
 from keras_cnn import conventions
-from keras_cnn import domain
-from keras_cnn import model as model_lib
 from keras_cnn import runs
-from keras_cnn.data import snapshot as snapshot_lib
 
 FLAGS = flags.FLAGS
 cli_flags.define_evaluate_flags()
@@ -59,39 +58,31 @@ def evaluation_settings(flag_values=FLAGS) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli_flags.require_flags("model", "out")
+  cli.require_flags("model", "out")
   from keras_cnn import inference
 
-  batch_size = FLAGS.batch_size or inference.DEFAULT_BATCH_SIZE
-
+  settings = cli_flags.apply_config_from_flags(config.EvaluateConfig)
   if FLAGS.history and not os.path.isfile(FLAGS.history):
     raise app.UsageError(f"--history={FLAGS.history}: no such file")
-  cli_flags.check_output_path(FLAGS.out, is_dir=True)
+  cli.check_output_path(FLAGS.out, is_dir=True)
   if not os.path.isfile(FLAGS.model):
     raise app.UsageError(f"--model={FLAGS.model}: no such file")
-  settings = evaluation_settings()
-  if runs.check_evaluation_dir(FLAGS.out, settings, FLAGS.overwrite):
+  defining = evaluation_settings()
+  if runs.check_evaluation_dir(FLAGS.out, defining, FLAGS.overwrite):
     logging.info("%s holds this evaluation already; replacing its files.", FLAGS.out)
-  model = cli_flags.load_model_or_exit(FLAGS.model)
-  cli_flags.condition_kind_or_exit(model, FLAGS.model)
-  try:
-    inference.resolve_engine(model, FLAGS.engine)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
-  snapshots = cli_flags.load_box_from_flags(radius=inference.model_radius(model),
-                                            require_target=True)
-  snapshots = [snapshot_lib.for_model(s, model_lib.source_transform_of(model)) for s in snapshots]
-  domain.check_inputs(model, snapshots, strict=FLAGS.strict_domain, model_name=FLAGS.model)
-  runs.mark_evaluation_dir(FLAGS.out, settings)
+  applied = cli.load_model_and_boxes(require_target=True)
+  runs.mark_evaluation_dir(FLAGS.out, defining)
   metrics = inference.evaluate_model(
-      model, snapshots, FLAGS.out, batch_size=batch_size, max_full_voxels=FLAGS.max_full_voxels,
-      num_examples=FLAGS.num_examples, seed=FLAGS.sample_seed, cell_size_mpc=FLAGS.cell_size_mpc,
-      history_csv=FLAGS.history or inference.history_beside(FLAGS.model),
-      power_spectrum=FLAGS.power_spectrum, progress=FLAGS.progress, engine=FLAGS.engine,
-      memory_budget_gb=FLAGS.memory_budget_gb, condition_value=FLAGS.condition_value)
+      applied.model, applied.snapshots, FLAGS.out, batch_size=settings.apply.batch_size,
+      max_full_voxels=settings.max_full_voxels, num_examples=settings.num_examples,
+      seed=settings.sample_seed, cell_size_mpc=settings.cell_size_mpc,
+      history_csv=settings.history or inference.history_beside(FLAGS.model),
+      power_spectrum=settings.power_spectrum, progress=settings.apply.progress,
+      engine=settings.apply.engine, memory_budget_gb=settings.apply.memory_budget_gb,
+      condition_value=settings.apply.condition_value)
   logging.info("Wrote %s and figures to %s", conventions.METRICS_FILE, FLAGS.out)
   print(json.dumps(metrics), flush=True)
 
 
 if __name__ == "__main__":
-  cli_flags.run(main)
+  cli.run(main)

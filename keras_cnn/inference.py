@@ -23,13 +23,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from keras_cnn import conditioning
+from keras_cnn import config
 from keras_cnn import conventions
 from keras_cnn import dense
 from keras_cnn import errors
 from keras_cnn import io_utils
 
-ENGINES = ("auto", "dense", "per_voxel")
-DEFAULT_BATCH_SIZE = 256
+ENGINES = config.ENGINES
+DEFAULT_BATCH_SIZE = config.APPLY_BATCH_SIZE  # crops per batch of the per-voxel engine
 DEFAULT_MEMORY_BUDGET_GB = 1.5
 
 model_radius = dense.model_radius

@@ -17,66 +17,22 @@ is standardized (`normalize_condition`) and appended to the flattened features
 (`concatenate_condition`) before `dense`.
 """
 
-import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import keras
 from keras import ops
 
 from keras_cnn import conditioning
+from keras_cnn import config as config_lib
 from keras_cnn.data import transforms
 
 LEFT_BLOCKS = (6, 7, 8)
 RIGHT_BLOCKS = (15, 16, 17)
 SOURCE_TRANSFORMS = transforms.SOURCE_TRANSFORMS
 MEAN_SCALED = transforms.MEAN_SCALED  # the caller divides the sources by their box mean
-PADDINGS = ("same", "valid")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Every size of the network. The defaults are the CPU default preset (the flag
-  defaults and `flags/default.flags`); `WEEK2` is the original network."""
-
-  radius: int = 15  # 31 -> 15 -> 7 -> 3 with kernel 3, stride 2: a centred receptive field
-  kernel_size: int = 3
-  filters: int = 16
-  stride_conv: int = 2
-  kernel_pooling: int = 1
-  dropout_input: float = 0.2
-  dropout_hidden: float = 0.1
-  dense_units: Sequence[int] = (256, 128, 64, 32, 16)
-  tail_units: Sequence[int] = (8, 4)
-  leaky_relu_slope: float = 0.01  # torch.nn.LeakyReLU() default, as in the original network
-  # Weight of the old value in BatchNormalization's moving statistics: 0.9 is
-  # torch.nn.BatchNorm3d's momentum=0.1, as in the original network (Keras' own default,
-  # 0.99, lets the statistics used for validation lag behind weights that still move).
-  batch_norm_momentum: float = 0.9
-  source_transform: str = "none"
-  # "same" is the original; "valid" makes the network translation-equivariant, so its
-  # dense twin (keras_cnn.dense) paints a whole tile in one pass, exactly.
-  padding: str = "valid"
-  # A snapshot-wide value fed to the head (`keras_cnn.conditioning.KINDS`); "none" is
-  # the original network.
-  conditioning: str = "none"
-  # Per-block overrides, one value for each of the three blocks of a branch (empty: the
-  # single `filters` / `stride_conv` in every block). E.g. strides (1, 2, 2) keep the first
-  # block at full resolution; filters (16, 32, 64) widen the coarser blocks.
-  block_filters: Sequence[int] = ()
-  block_strides: Sequence[int] = ()
-
-  @property
-  def crop_size(self) -> int:
-    return 2 * self.radius + 1
-
-  def filters_per_block(self) -> Tuple[int, ...]:
-    """Conv3D filters of blocks 1, 2, 3 (both branches)."""
-    return tuple(int(f) for f in self.block_filters) or (self.filters,) * len(LEFT_BLOCKS)
-
-  def strides_per_block(self) -> Tuple[int, ...]:
-    """Conv3D strides of blocks 1, 2, 3 (both branches)."""
-    return tuple(int(s) for s in self.block_strides) or (self.stride_conv,) * len(LEFT_BLOCKS)
-
+PADDINGS = config_lib.PADDINGS
+# Every size of the network; its defaults are the CPU default preset.
+ModelConfig = config_lib.ModelConfig
 
 # The original project's week-2 network: r=24 (the mean free path), kernel 5, 128 filters,
 # average pooling 2, dropout 0.8 / 0.5, 'same' padding (`flags/week2.flags`).

@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import cli
 from keras_cnn import cli_flags
 from keras_cnn import model as model_lib
 from keras_cnn import training
@@ -28,6 +29,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
+  cli.refuse_ignored_flags(config.ignored_settings())
   if os.path.lexists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     raise app.UsageError(f"--workdir={FLAGS.workdir} is a file, not a folder; choose a new or "
                          "empty folder")
@@ -47,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli_flags.run(main)
+  cli.run(main)

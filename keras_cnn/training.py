@@ -22,7 +22,7 @@ import numpy as np
 
 from keras_cnn import conditioning
 from keras_cnn import conventions
-from keras_cnn.config import DataConfig
+from keras_cnn import config as config_lib
 from keras_cnn import dense
 from keras_cnn import distribute
 from keras_cnn import domain
@@ -32,42 +32,13 @@ from keras_cnn import io_utils
 from keras_cnn import model as model_lib
 from keras_cnn import runs
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything a training run depends on; `keras_cnn.cli_flags` fills it from flags."""
-
-  model: model_lib.ModelConfig = model_lib.ModelConfig()
-  data: DataConfig = DataConfig()
-  batch_size: int = 4  # patches of patch_size^3 target voxels (see DEFAULT_BATCH_SIZE)
-  epochs: int = 200
-  steps_per_epoch: int = 100
-  learning_rate: float = 1e-3
-  seed: int = 0
-  augment: bool = True
-  stratify_bins: int = 0
-  validation_examples: int = 4096
-  test_examples: int = 16384
-  patience: int = 6
-  time_budget_minutes: float = 13.5
-  train_unit: str = "patch"
-  loss: str = "mse"
-  lr_schedule: str = "plateau"
-  patch_size: int = 16
-  validation_patches: int = 16
-  distribution: str = "none"
-  jit_compile: str = "auto"
-  precision: str = "auto"
-  source_units: str = domain.DEFAULT_SOURCE_UNITS  # recorded in the saved model
-  # Exponential moving average of the weights (0: off): validation, the saved model and
-  # its test scores use the average, training goes on with the raw weights.
-  ema_momentum: float = 0.0
-
-
-TRAIN_UNITS = ("voxel", "patch")
-LOSSES = {"mse": "mean_squared_error", "bce": "binary_crossentropy"}
-LR_SCHEDULES = ("plateau", "cosine")
-DEFAULT_BATCH_SIZE = {"patch": 4, "voxel": 64}  # patches, or crops, per batch
+# Everything a training run depends on (`keras_cnn.config`).
+TrainConfig = config_lib.TrainConfig
+DataConfig = config_lib.DataConfig
+TRAIN_UNITS = config_lib.TRAIN_UNITS
+LOSSES = config_lib.LOSSES
+LR_SCHEDULES = config_lib.LR_SCHEDULES
+DEFAULT_BATCH_SIZE = config_lib.TRAIN_BATCH_SIZE  # patches, or crops, per batch
 
 
 class SaveBest(keras.callbacks.Callback):

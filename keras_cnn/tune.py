@@ -15,22 +15,17 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_cnn import cli
 from keras_cnn import cli_flags
+from keras_cnn import config
 from keras_cnn import model as model_lib
 from keras_cnn import tuning
 
 FLAGS = flags.FLAGS
 cli_flags.define_train_flags()
 flags.adopt_module_key_flags(cli_flags)
-flags.DEFINE_integer("max_trials", 12, "Trials in all (a rerun goes on to this number).",
-                     lower_bound=1)
-flags.DEFINE_float("trial_minutes", 5.0, "Wall-clock training budget of each trial.",
-                   lower_bound=0.01)
-flags.DEFINE_list("search", list(tuning.DEFAULT_SEARCH),
-                  "Settings to vary: any of " + ", ".join(tuning.LEVERS) + ".")
-flags.DEFINE_enum("tuner", "bayesian", list(tuning.TUNERS),
-                  "KerasTuner oracle: Bayesian optimization or random search.")
-flags.DEFINE_integer("tuner_seed", 0, "Seed of the oracle's proposals.")
+# The search's own settings (`keras_cnn.config.TuneConfig`).
+cli_flags.define_config_flags(config.TuneConfig, module_name=__name__)
 
 
 def main(argv):
@@ -44,14 +39,16 @@ def main(argv):
                          f"{', '.join(tuning.LEVERS)}")
   logging.set_verbosity(logging.INFO)
   base = cli_flags.train_config_from_flags()
+  cli.refuse_ignored_flags(base.ignored_settings())
+  settings = cli_flags.config_from_flags(config.TuneConfig)
   try:
     model_lib.validate_config(base.model)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
-  rows = tuning.search(base, FLAGS.workdir, FLAGS.max_trials, FLAGS.trial_minutes,
-                       levers=FLAGS.search, tuner=FLAGS.tuner, seed=FLAGS.tuner_seed)
+  rows = tuning.search(base, FLAGS.workdir, settings.max_trials, settings.trial_minutes,
+                       levers=list(settings.search), tuner=settings.tuner, seed=settings.tuner_seed)
   print(json.dumps({"best": rows[0] if rows else None, "trials": len(rows)}))
 
 
 if __name__ == "__main__":
-  cli_flags.run(main)
+  cli.run(main)

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_cnn import conditioning
+from keras_cnn import config as config_lib
 from keras_cnn import conventions
 from keras_cnn import errors
 from keras_cnn import io_utils
@@ -37,7 +38,7 @@ BEST_FLAGS = "best.flags"
 MANIFEST = "keras_cnn_tune.json"
 TRIALS_DIR = "trials"
 ORACLE_DIR = "oracle"
-TUNERS = ("bayesian", "random")
+TUNERS = config_lib.TUNERS
 
 
 def _ints(text: str) -> Tuple[int, ...]:
@@ -91,7 +92,7 @@ LEVERS: Dict[str, Lever] = {
     "source_transform": Lever(("none", "log1p"), _model(source_transform=str),
                               "source input transform"),
 }
-DEFAULT_SEARCH = ("learning_rate", "dropout", "block_filters", "dense_units", "loss")
+DEFAULT_SEARCH = config_lib.DEFAULT_SEARCH
 
 
 def apply_choices(base: training.TrainConfig, choices: Dict[str, object]) -> training.TrainConfig:

@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import sys
 import pytest
 from absl import flags
 
+from keras_cnn import cli
+from keras_cnn import config
+from keras_cnn import evaluate  # noqa: F401  (defines --num_examples)
 from keras_cnn import model as model_lib
 from keras_cnn import predict  # noqa: F401  (defines --memory_budget_gb)
 from keras_cnn import train
@@ -135,3 +139,131 @@ print(sorted(set(flags.FLAGS) - before))
                        })
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# Flags of each command that are no setting of a config dataclass; absl's own
+# (--flagfile, --help, ...) are not keras_cnn's and are not counted.
+COMMAND_ONLY = {
+    "train": {"workdir"},
+    "tune": {"workdir"},
+    "evaluate": {"model", "out"},
+    "predict": {"model", "out"},
+}
+_TRAINING = (config.ModelConfig, config.DataConfig, config.TrainConfig)
+# The config dataclasses whose settings each command has as flags.
+COMMAND_CONFIGS = {
+    "train": _TRAINING,
+    "tune": _TRAINING + (config.TuneConfig,),
+    "evaluate": (config.DataConfig, config.ApplyConfig, config.EvaluateConfig),
+    "predict": (config.DataConfig, config.ApplyConfig, config.PredictConfig),
+}
+# Settings of those dataclasses that a command does not read: the splits' own snapshots
+# are training's.
+COMMAND_SKIPS = {
+    "train": set(),
+    "tune": set(),
+    "evaluate": set(config.SPLIT_FIELDS),
+    "predict": set(config.SPLIT_FIELDS),
+}
+
+_DUMP_FLAGS = """
+import importlib, json, sys
+from absl import flags
+importlib.import_module("keras_cnn." + sys.argv[1])
+found = {}
+for name in flags.FLAGS:
+  if not (flags.FLAGS.find_module_defining_flag(name) or "").startswith("keras_cnn"):
+    continue
+  flag = flags.FLAGS[name]
+  found[name] = {"default": flag.default, "help": flag.help,
+                 "choices": getattr(flag.parser, "enum_values", None)}
+print(json.dumps({"flags": found, "trainer": "keras_cnn.training" in sys.modules}))
+"""
+
+
+def _as_flag_default(value):
+  return [str(v) for v in value] if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ONLY))
+def test_every_flag_of_a_command_is_a_setting_of_its_configs(command):
+  """`python -m keras_cnn.<command>` defines exactly a flag per setting of its config
+  dataclasses (same default, choices and help) and its listed own flags; evaluate and
+  predict load no trainer."""
+  out = subprocess.run([sys.executable, "-c", _DUMP_FLAGS, command], capture_output=True, text=True,
+                       timeout=300, env={
+                           **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"
+                       })
+  assert out.returncode == 0, out.stderr[-2000:]
+  dump = json.loads(out.stdout.strip().splitlines()[-1])
+  defined = dump["flags"]
+  settings = {
+      field.name: field for config_class in COMMAND_CONFIGS[command]
+      for field in config.settings_of(config_class)
+      if field.name not in COMMAND_SKIPS[command]
+  }
+  assert set(defined) == set(settings) | COMMAND_ONLY[command]
+  for name, field in settings.items():
+    flag = defined[name]
+    assert flag["default"] == _as_flag_default(config.flag_default(field)), name
+    assert flag["help"].endswith(field.metadata["help"]), name  # enums: "<a|b>: " first
+    choices = field.metadata.get("choices")
+    assert flag["choices"] == (list(choices) if choices else None), name
+  assert dump["trainer"] == (command in ("train", "tune"))
+
+
+def test_settings_shared_by_several_configs_agree():
+  """A flag serves every config that has its setting: their help, choices and flag
+  default must be one."""
+  seen = {}
+  for config_class in (config.ModelConfig, config.DataConfig, config.TrainConfig,
+                       config.ApplyConfig, config.EvaluateConfig, config.PredictConfig):
+    for field in config.settings_of(config_class):
+      spec = (config.flag_default(field), field.metadata["help"], field.metadata.get("choices"))
+      assert seen.setdefault(field.name, spec) == spec, field.name
+
+
+def test_evaluate_and_predict_settings_come_from_their_flags(parse):
+  from keras_cnn import cli_flags
+
+  values = parse("--engine=per_voxel", "--num_examples=7", "--shard_index=1", "--num_shards=3",
+                 "--n_cells=12", "--noprogress")
+  evaluation = cli_flags.apply_config_from_flags(config.EvaluateConfig, values)
+  assert (evaluation.apply.engine, evaluation.num_examples) == ("per_voxel", 7)
+  assert (evaluation.apply.data.n_cells, evaluation.apply.progress) == (12, False)
+  assert evaluation.apply.batch_size == config.APPLY_BATCH_SIZE  # not given: the engine's
+  prediction = cli_flags.apply_config_from_flags(config.PredictConfig, values)
+  assert (prediction.shard_index, prediction.num_shards) == (1, 3)
+  assert prediction.apply == evaluation.apply
+
+
+@pytest.mark.parametrize("command,args,refused", [
+    ("train", ["--test_examples=100"], "--test_examples=100"),
+    ("train", ["--validation_examples=100"], "--validation_examples=100"),
+    ("train", ["--stratify_bins=4"], "--stratify_bins=4"),
+    ("tune", ["--validation_examples=100", "--max_trials=1"], "--validation_examples=100"),
+])
+def test_a_flag_the_mode_ignores_is_refused_in_one_line(tmp_path, run_module, command, args,
+                                                        refused):
+  """The defaults ('valid' padding, patch training) score every test voxel and validate on
+  patches: --test_examples, --validation_examples and --stratify_bins would change
+  nothing, so giving them stops the command before it writes anything."""
+  workdir = tmp_path / "run"
+  result = run_module(f"keras_cnn.{command}", f"--workdir={workdir}", *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Error: {refused} would be ignored"), last
+  assert not workdir.exists()
+
+
+def test_flags_read_in_the_mode_or_left_at_their_default_pass(parse):
+  """The same flags are read by 'same' models trained on voxels, and a rerun with a
+  workdir's flags.txt (every flag, defaults included) passes in any mode."""
+  for args in (("--padding=same", "--train_unit=voxel", "--test_examples=100",
+                "--validation_examples=100", "--stratify_bins=4"),
+               ("--test_examples=16384", "--validation_examples=4096", "--stratify_bins=0")):
+    values = parse(*args)
+    cli.refuse_ignored_flags(train.config_from_flags(values).ignored_settings(), values)
+  values = parse("--padding=same", "--train_unit=voxel", "--test_examples=100")
+  assert train.config_from_flags(values).test_examples == 100

@@ -378,13 +378,13 @@ def test_box_size_gives_source_masses_in_solar_masses(tmp_path):
 
 
 class _FlagValues(dict):
-  """Just what `cli_flags.load_box_from_flags` reads of parsed flags."""
+  """Just what `cli.load_box_from_flags` reads of parsed flags."""
 
   __getattr__ = dict.__getitem__
 
 
 def test_format_flags_are_passed_to_the_loader(tmp_path):
-  from keras_cnn import cli_flags
+  from keras_cnn import cli
 
   rho, x_hii, _ = _box()
   for prefix, array in (("rho", rho), ("nsrc", np.zeros(SHAPE)), ("xHII", x_hii)):
@@ -394,14 +394,14 @@ def test_format_flags_are_passed_to_the_loader(tmp_path):
                             split="test", tfds_data_dir=None, n_cells=8, mean_xhii=0.5, data_seed=0,
                             data_format="auto", box_size_mpc=None)
   with pytest.raises(SnapshotError, match="choose a layout with --data_format"):
-    cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
+    cli.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
   for data_format, want in (("npy", rho), ("c2ray", None)):
     flag_values["data_format"] = data_format
     if want is None:
       with pytest.raises(SnapshotError, match="missing file for field 'n_src'"):
-        cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
+        cli.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
       continue
-    (box,) = cli_flags.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
+    (box,) = cli.load_box_from_flags(radius=1, require_target=True, flag_values=flag_values)
     np.testing.assert_array_equal(box.rho, want.astype(np.float32))
 
 

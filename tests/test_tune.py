@@ -66,6 +66,14 @@ def test_search_goes_on_after_a_rerun_and_refuses_other_settings(tmp_path, run_m
   assert "holds a search with other settings" in other.stderr.strip().splitlines()[-1]
 
 
+def test_tune_help_names_every_lever():
+  """--search's help lists the settings the search can vary, which are the levers."""
+  from keras_cnn import config
+
+  assert tuple(tuning.LEVERS) == config.SEARCHABLE
+  assert set(config.DEFAULT_SEARCH) <= set(tuning.LEVERS)
+
+
 def test_every_lever_choice_gives_a_network_that_builds():
   base = training.TrainConfig()
   for name, lever in tuning.LEVERS.items():
