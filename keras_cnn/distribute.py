@@ -13,7 +13,8 @@ Usage (build, compile and fit inside the scope; `initialize` first thing in `mai
     distribute.check_global_batch(FLAGS.batch_size, info)
     model = build_model(...)
     model.compile(...)
-    with distribute.synchronized_batch_norm(model, info):
+    with distribute.synchronized_batch_norm(model, info), \\
+        distribute.multi_worker_fit(model, info):
       model.fit(dataset_batched_with_the_global_batch, ...)
 
 Per backend ("data_parallel"):
@@ -45,7 +46,8 @@ Multi-host (one process per host, same command everywhere):
                             "task": {"type": "worker", "index": 0}}'
               and `initialize` creates `tf.distribute.MultiWorkerMirroredStrategy()` (it
               must exist before TensorFlow runs any op, hence `initialize` first in main).
-              Only worker 0 ("chief") should write files that others also write.
+              Wrap `fit` in `multi_worker_fit(model, info)` too. Only worker 0 ("chief")
+              should write files that others also write: give each worker its own workdir.
 """
 
 import contextlib

@@ -254,34 +254,57 @@ def _free_ports(count: int) -> list:
       sock.close()
 
 
-@pytest.mark.slow
-def test_two_worker_processes_step_equals_single_process_step():
-  """Two processes on localhost joined by TF_CONFIG (MultiWorkerMirroredStrategy): one
-  step on a global batch gives the weights of the same step in one process."""
+def _run_workers(command, folder, timeout=600) -> list:
+  """Runs `command(index)` as worker 0 and worker 1 of a TF_CONFIG cluster on localhost;
+  returns their (stdout, stderr). A worker that fails ends the other (which would wait
+  for it forever)."""
+  import time
+
   workers = [f"localhost:{port}" for port in _free_ports(2)]
   env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
              CUDA_VISIBLE_DEVICES="")
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-  procs = []
+  procs, logs = [], []
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    logs.append((open(os.path.join(folder, f"worker{index}.out"),
+                      "w+"), open(os.path.join(folder, f"worker{index}.err"), "w+")))
     procs.append(
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), "worker"],
-                         env=dict(env, TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=REPO))
-  results = []
+        subprocess.Popen(command(index), env=dict(env, TF_CONFIG=json.dumps(tf_config)),
+                         stdout=logs[-1][0], stderr=logs[-1][1], text=True, cwd=REPO))
+  deadline = time.monotonic() + timeout
   try:
-    for proc in procs:
-      out, err = proc.communicate(timeout=600)
-      assert proc.returncode == 0, f"worker failed:\n{err[-4000:]}"
-      lines = [line for line in out.splitlines() if line.startswith("{")]
-      assert lines, f"worker printed no result:\n{out[-2000:]}\n{err[-2000:]}"
-      results.append(json.loads(lines[-1]))
+    while any(proc.poll() is None for proc in procs):
+      if any(proc.poll() for proc in procs) or time.monotonic() > deadline:
+        break
+      time.sleep(1)
   finally:
     for proc in procs:
       if proc.poll() is None:
         proc.kill()
-        proc.communicate()
+      proc.wait()
+  results = []
+  for proc, (out, err) in zip(procs, logs):
+    out.seek(0)
+    err.seek(0)
+    results.append((out.read(), err.read()))
+    out.close()
+    err.close()
+    assert proc.returncode == 0, f"a worker failed ({proc.returncode}):\n{results[-1][1][-4000:]}"
+  return results
+
+
+@pytest.mark.slow
+def test_two_worker_processes_step_equals_single_process_step(tmp_path):
+  """Two processes on localhost joined by TF_CONFIG (MultiWorkerMirroredStrategy): one
+  step on a global batch gives the weights of the same step in one process."""
+  outputs = _run_workers(
+      lambda index: [sys.executable, os.path.abspath(__file__), "worker"], str(tmp_path))
+  results = []
+  for out, err in outputs:
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"worker printed no result:\n{out[-2000:]}\n{err[-2000:]}"
+    results.append(json.loads(lines[-1]))
   assert sorted(r["process_index"] for r in results) == [0, 1]
   assert results[0]["pid"] != results[1]["pid"]
   for result in results:
@@ -293,6 +316,27 @@ def test_two_worker_processes_step_equals_single_process_step():
     # the logged loss is that of the global batch, the same in both processes
     assert result["loss"] == pytest.approx(result["expected_loss"], rel=1e-5)
   assert results[0]["weights_sum"] == pytest.approx(results[1]["weights_sum"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_runs_on_two_worker_processes(tmp_path):
+  """`python -m keras_cnn.train --distribution=data_parallel` with TF_CONFIG: both workers
+  train one model on the global batches and end with the same metrics."""
+  run = ("--n_cells=16", "--radius=4", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
+         "--stride_conv=1", "--padding=valid", "--train_unit=patch", "--patch_size=4", "--epochs=2",
+         "--steps_per_epoch=2", "--batch_size=2", "--validation_patches=2", "--precision=float32",
+         "--time_budget_minutes=0")
+  outputs = _run_workers(
+      lambda index: [
+          sys.executable, "-m", "keras_cnn.train", f"--workdir={tmp_path / f'w{index}'}",
+          "--distribution=data_parallel", *run
+      ], str(tmp_path))
+  for _, err in outputs:
+    assert "2 replica(s)" in err
+  metrics = [json.loads((tmp_path / f"w{index}" / "metrics.json").read_text()) for index in (0, 1)]
+  assert metrics[0]["r2"] == pytest.approx(metrics[1]["r2"], abs=1e-6)
+  histories = [(tmp_path / f"w{index}" / "history.csv").read_text() for index in (0, 1)]
+  assert histories[0] == histories[1]  # every process logged the global loss
 
 
 if __name__ == "__main__":
