@@ -100,10 +100,10 @@ def main(argv, flag_values=FLAGS):
                          "pip install keras_cnn[astro]")
   from keras_cnn import lightcones
 
+  lightcones.check_z_range(z_range, [z for z, _ in lightcones.find_maps(flag_values.maps)])
   history = lightcones.read_history(flag_values.maps, flag_values.data_dir,
                                     data_format=flag_values.data_format,
                                     box_size_mpc=flag_values.box_size_mpc)
-  lightcones.check_z_range(z_range, history)
   logging.info("Building lightcones along axis %d from %d maps, z = %s to %s.", flag_values.axis,
                len(history.redshifts), formats.format_redshift(history.redshifts[0]),
                formats.format_redshift(history.redshifts[-1]))

@@ -153,15 +153,15 @@ def read_history(maps_dir: str, data_dir: str, data_format: str = "auto",
 
 
 def check_z_range(z_range: Optional[Sequence[float]],
-                  history: PaintedHistory) -> Optional[Tuple[float, float]]:
-  """`z_range` as (low, high) within the maps' redshifts; None keeps all of them.
+                  redshifts: Sequence[float]) -> Optional[Tuple[float, float]]:
+  """`z_range` as (low, high) within the maps' `redshifts`; None keeps all of them.
 
   Raises:
     UserError: not two increasing values within the maps' redshift range.
   """
   if z_range is None:
     return None
-  lowest, highest = float(history.redshifts[0]), float(history.redshifts[-1])
+  lowest, highest = float(min(redshifts)), float(max(redshifts))
   values = tuple(float(v) for v in z_range)
   if len(values) != 2 or not values[0] < values[1]:
     raise UserError(f"--z_range needs two increasing redshifts, low,high; got "
@@ -212,7 +212,7 @@ def build_lightcones(history: PaintedHistory, axis: int = 0,
                     f"{interpolation!r}")
   if not cell_size_mpc > 0:
     raise UserError(f"--cell_size_mpc must be > 0, got {cell_size_mpc}")
-  z_low, z_high = check_z_range(z_range, history) or (None, None)
+  z_low, z_high = check_z_range(z_range, history.redshifts) or (None, None)
 
   @functools.lru_cache(maxsize=3)
   def read_xhii(index: int) -> np.ndarray:

@@ -144,6 +144,15 @@ def test_bad_histories_fail_before_any_work_with_one_line(history, tmp_path):
     np.save(elsewhere / snapshot_lib.snapshot_filename("x_hii", redshift), np.zeros((16,) * 3))
   with pytest.raises(UserError, match=r"xHII_z10.000.npy: --data_dir=.* has no density at z=10"):
     lightcones.read_history(str(elsewhere), data_dir)
+  flat = str(tmp_path / "flat")
+  for seed, (redshift, mean_xhii) in enumerate(HISTORY[:2]):
+    snapshot_lib.save_snapshot(
+        simulate.simulate_snapshot(n_cells=(CELLS, CELLS, 8), seed=seed, redshift=redshift,
+                                   mean_xhii=mean_xhii), flat)
+  with pytest.raises(
+      UserError, match=r"boxes of shape \(16, 16, 8\); tools21cm builds "
+      "lightcones of cubic boxes only"):
+    lightcones.read_history(flat, flat)
   with pytest.raises(UserError, match=r"--z_range=6,8 reaches beyond the maps"):
     _run(f"--maps={maps_dir}", f"--data_dir={data_dir}", f"--out={tmp_path / 'o'}", "--z_range=6,8")
   assert not (tmp_path / "o").exists()
