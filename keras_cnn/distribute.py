@@ -13,7 +13,8 @@ Usage (build, compile and fit inside the scope; `initialize` first thing in `mai
     distribute.check_global_batch(FLAGS.batch_size, info)
     model = build_model(...)
     model.compile(...)
-    with distribute.synchronized_batch_norm(model, info):
+    with distribute.synchronized_batch_norm(model, info), \\
+        distribute.multi_worker_fit(model, info):
       model.fit(dataset_batched_with_the_global_batch, ...)
 
 Per backend ("data_parallel"):
@@ -45,7 +46,8 @@ Multi-host (one process per host, same command everywhere):
                             "task": {"type": "worker", "index": 0}}'
               and `initialize` creates `tf.distribute.MultiWorkerMirroredStrategy()` (it
               must exist before TensorFlow runs any op, hence `initialize` first in main).
-              Only worker 0 ("chief") should write files that others also write.
+              Wrap `fit` in `multi_worker_fit(model, info)` too. Only worker 0 ("chief")
+              should write files that others also write: give each worker its own workdir.
 """
 
 import contextlib
@@ -272,6 +274,77 @@ def synchronized_batch_norm(model, info: Optional[DistributionInfo] = None):
   finally:
     for layer in layers:
       layer.synchronized = False
+
+
+def _is_multi_worker(info: Optional[DistributionInfo]) -> bool:
+  if info is None or info.backend != "tensorflow" or info.strategy is None:
+    return False
+  import tensorflow as tf
+  return isinstance(info.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+@contextlib.contextmanager
+def multi_worker_fit(model, info: Optional[DistributionInfo] = None):
+  """While active, `model.fit` (and `evaluate`) run under `MultiWorkerMirroredStrategy`.
+
+  Keras 3's tensorflow trainer fails there in two places (keras-team/keras#20585):
+  - before the first step it builds the metrics and optimizer from one batch that it
+    first averages over the replicas with `strategy.reduce`, which the strategy refuses
+    for a nested batch (inputs and target). Only the batch's shapes matter to that
+    build, so here it is done from this process's own share of the batch;
+  - after each step it averages the logs (loss, metrics: scalars) over the replicas
+    along axis 0, which scalars do not have. Here they are averaged over the replicas
+    as they are, so every process sees the same logs and its callbacks (best model,
+    learning-rate schedule, early stopping) decide alike.
+  The gradients are all-reduced by the strategy as usual. Elsewhere (one process, other
+  strategies, other backends) this does nothing.
+
+  Args:
+    model: the Keras model whose `fit` is called (compiled in the strategy's scope).
+    info: the `DistributionInfo` of that scope; None = single device.
+  """
+  if not _is_multi_worker(info):
+    yield model
+    return
+  import tensorflow as tf
+  from keras import tree
+  from keras.src.backend.tensorflow import trainer as tf_trainer
+
+  strategy = info.strategy
+
+  def local_share(value):
+    if isinstance(value, tf.distribute.DistributedValues):
+      return strategy.experimental_local_results(value)[0]
+    return value
+
+  def build_from_local_share(iterator=None, data_batch=None):
+    if iterator is not None:
+      for _, _, batches in iterator:
+        data_batch = tree.map_structure(local_share, next(batches))
+        break
+    with strategy.scope():
+      model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+
+  keras_reduce = tf_trainer.reduce_per_replica
+
+  def reduce_per_replica(values, strategy_, reduction):
+    if reduction in ("auto", "mean"):
+
+      def mean(value):
+        if getattr(value, "shape", None) is not None and value.shape.rank == 0:
+          return strategy_.reduce("MEAN", value, axis=None)
+        return keras_reduce(value, strategy_, reduction)
+
+      return tree.map_structure(mean, values)
+    return keras_reduce(values, strategy_, reduction)
+
+  model._maybe_symbolic_build = build_from_local_share  # pylint: disable=protected-access
+  tf_trainer.reduce_per_replica = reduce_per_replica
+  try:
+    yield model
+  finally:
+    tf_trainer.reduce_per_replica = keras_reduce
+    del model._maybe_symbolic_build  # pylint: disable=protected-access
 
 
 def default_jit_compile() -> bool:

@@ -1,4 +1,4 @@
-"""PNG figures of a training run and of an evaluation.
+"""PNG figures of a training run, of an evaluation and of a lightcone.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never
 through pyplot, so importing this module selects no backend and opens no window.
@@ -276,4 +276,91 @@ def plot_summary(true_map, pred_map, comparison, out_png: str, cell_size_mpc: fl
       f"{_format_score(scores.get('bsd_peak_radius_pred_mpc'))} cMpc",
   ]
   figure.suptitle("\n".join(([title] if title else []) + lines))
+  return save_figure(figure, out_png)
+
+
+DTB_LABEL = r"$\delta T_b$ [mK]"
+
+
+def plot_lightcone(xhii, dtb, redshift, comoving_distance_mpc, out_png: str,
+                   cell_size_mpc: float = conventions.CELL_SIZE_MPC,
+                   index: Optional[int] = None) -> str:
+  """One slice through the x_HII and 21-cm lightcones: line of sight against transverse
+  distance, comoving distance below and redshift above.
+
+  Args:
+    xhii: x_HII lightcone (N1, N2, L), the line of sight last.
+    dtb: brightness-temperature lightcone in mK, the same shape.
+    redshift: (L,) redshift of each slice, increasing.
+    comoving_distance_mpc: (L,) comoving distance of each slice.
+    out_png: where to write.
+    cell_size_mpc: comoving cell side, for the transverse axis.
+    index: the slice along the first axis; None is the middle.
+  """
+  xhii = np.asarray(xhii, np.float32)
+  dtb = np.asarray(dtb, np.float32)
+  redshift = np.asarray(redshift, np.float64)
+  distance = np.asarray(comoving_distance_mpc, np.float64)
+  if xhii.ndim != 3 or xhii.shape != dtb.shape or xhii.shape[2] != redshift.size:
+    raise ValueError(f"lightcones must be 3-D of one shape with one redshift per slice, got "
+                     f"{xhii.shape}, {dtb.shape} and {redshift.size} redshifts")
+  index = xhii.shape[0] // 2 if index is None else int(index)
+  step = float(np.median(np.diff(distance))) if distance.size > 1 else cell_size_mpc
+  extent = [distance[0] - step / 2, distance[-1] + step / 2, 0.0, xhii.shape[1] * cell_size_mpc]
+  figure = _new_figure(12, 6)
+  panels = figure.subplots(2, 1, sharex=True)
+  dtb_max = max(float(np.nanmax(dtb[index])), 1e-6)
+  shown_panels = [
+      (panels[0], xhii[index], f"ionized fraction {XHII_LABEL}", "magma", 0.0, 1.0, XHII_LABEL),
+      (panels[1], dtb[index], r"21-cm brightness temperature $\delta T_b$", "viridis", 0.0, dtb_max,
+       DTB_LABEL),
+  ]
+  for axes, image, title, cmap, vmin, vmax, label in shown_panels:
+    shown = axes.imshow(image, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
+                        interpolation="nearest", aspect="auto")
+    figure.colorbar(shown, ax=axes, label=label, pad=0.01)
+    axes.set_ylabel("transverse distance [cMpc]")
+    axes.set_title(title)
+  if distance.size > 1:
+    top = panels[0].secondary_xaxis(
+        "top", functions=(lambda d: np.interp(d, distance, redshift),
+                          lambda z: np.interp(z, redshift, distance)))
+    top.set_xlabel("redshift $z$")
+  panels[1].set_xlabel("comoving distance along the line of sight [cMpc]")
+  figure.suptitle(f"lightcone slice {index} of {xhii.shape[0]} "
+                  f"({index * cell_size_mpc:.1f} cMpc), z = {redshift[0]:.3f} to "
+                  f"{redshift[-1]:.3f}")
+  return save_figure(figure, out_png)
+
+
+def plot_global_history(redshift, mean_xhii, mean_xhii_true, out_png: str, lightcone=None) -> str:
+  """Mean x_HII against redshift: the painted maps, the simulation's targets where they
+  exist (NaN elsewhere), and optionally the mean of each lightcone slice.
+
+  Args:
+    redshift: (M,) redshifts of the maps.
+    mean_xhii: (M,) mean x_HII of each map.
+    mean_xhii_true: (M,) mean x_HII of each target; NaN where there is none.
+    out_png: where to write.
+    lightcone: optional (redshift (L,), mean x_HII of each slice (L,)).
+  """
+  redshift = np.asarray(redshift, np.float64)
+  mean_xhii = np.asarray(mean_xhii, np.float64)
+  mean_xhii_true = np.asarray(mean_xhii_true, np.float64)
+  figure = _new_figure(6.5, 4.4)
+  axes = figure.subplots()
+  if lightcone is not None:
+    axes.plot(np.asarray(lightcone[0]), np.asarray(lightcone[1]), "-", color="tab:blue",
+              linewidth=0.8, alpha=0.6, label="emulator, lightcone slices")
+  axes.plot(redshift, mean_xhii, "o", color="tab:blue", label="emulator, painted boxes")
+  known = np.isfinite(mean_xhii_true)
+  if known.any():
+    axes.plot(redshift[known], mean_xhii_true[known], "s", markerfacecolor="none", color="tab:red",
+              markersize=8, label="simulation (targets)")
+  axes.set_xlabel("redshift $z$")
+  axes.set_ylabel(rf"mean {XHII_LABEL}")
+  axes.set_ylim(-0.02, 1.02)
+  axes.grid(alpha=0.3)
+  axes.legend()
+  axes.set_title("global reionization history")
   return save_figure(figure, out_png)

@@ -431,7 +431,7 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, p
   restored = restore_backup(fitted, os.path.join(workdir, conventions.BACKUP_DIR))
   if restored != start_epoch:
     raise RuntimeError(f"backup holds {restored} epochs but history.csv {start_epoch}")
-  with distribute.synchronized_batch_norm(model, info):
+  with distribute.synchronized_batch_norm(model, info), distribute.multi_worker_fit(fitted, info):
     fitted.fit(train_ds, epochs=config.epochs, initial_epoch=start_epoch,
                steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
                callbacks=_callbacks(config, workdir, history) + list(extra_callbacks), verbose=1,

@@ -20,11 +20,13 @@ from helpers import REPO
 GLOBAL_BATCH = 8
 
 
-def _tiny_config():
+def _tiny_config(padding="same"):
+  """A tiny network; 'valid' drops the pooling (three 3^3 convolutions: 9 -> 3 cells)."""
   from keras_cnn.model import ModelConfig
-  return ModelConfig(radius=4, kernel_size=3, filters=4, stride_conv=1, kernel_pooling=2,
-                     padding="same", dropout_input=0.0, dropout_hidden=0.0,
-                     dense_units=(8, 8, 8, 8, 8), tail_units=(4, 2))
+  return ModelConfig(radius=4, kernel_size=3, filters=4, stride_conv=1,
+                     kernel_pooling=2 if padding == "same" else 1, padding=padding,
+                     dropout_input=0.0, dropout_hidden=0.0, dense_units=(8, 8, 8, 8, 8),
+                     tail_units=(4, 2))
 
 
 def _batch(config, seed=0):
@@ -49,12 +51,17 @@ def _compiled(config, weights=None):
   return model
 
 
-def _one_step(model, x, y):
-  """One optimizer step through `fit`, the path that splits a global batch per replica."""
+def _fit_once(model, x, y):
+  """(weights, logged loss) after one optimizer step through `fit`, the path that splits
+  a global batch per replica."""
   import tensorflow as tf  # keras_cnn feeds tf.data on every backend
   dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
-  model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-  return model.get_weights()
+  history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+  return model.get_weights(), float(history.history["loss"][-1])
+
+
+def _one_step(model, x, y):
+  return _fit_once(model, x, y)[0]
 
 
 def _max_diff(a, b):
@@ -202,8 +209,138 @@ def test_torch_falls_back_to_one_device():
   assert result["max_abs_diff"] < 1e-5, result
 
 
+def _worker() -> dict:
+  """One worker of the TF_CONFIG cluster: one step of a 'valid' network on the global
+  batch through `--distribution=data_parallel`, and the same step in this process alone."""
+  distribute.initialize("data_parallel")  # the strategy exists before TensorFlow runs an op
+  import tensorflow as tf
+  config = _tiny_config(padding="valid")
+  x, y = _batch(config)
+  with distribute.distribution_scope("data_parallel") as info:
+    model = _compiled(config)
+    plain = _compiled(config)
+  initial = model.get_weights()
+  with distribute.synchronized_batch_norm(model, info), distribute.multi_worker_fit(model, info):
+    got, loss = _fit_once(model, x, y)
+  # Per-replica BatchNormalization statistics change the step only if the batch was split.
+  with distribute.multi_worker_fit(plain, info):
+    unsynchronized = _one_step(plain, x, y)
+  # no strategy: this process alone
+  expected, expected_loss = _fit_once(_compiled(config, initial), x, y)
+  return {
+      "multi_worker": isinstance(info.strategy, tf.distribute.MultiWorkerMirroredStrategy),
+      "num_replicas": info.num_replicas,
+      "num_processes": info.num_processes,
+      "process_index": info.process_index,
+      "pid": os.getpid(),
+      "max_abs_diff": _max_diff(expected, got),
+      "max_abs_diff_unsynchronized_bn": _max_diff(expected, unsynchronized),
+      "max_update": _max_diff(initial, expected),
+      "loss": loss,
+      "expected_loss": expected_loss,
+      "weights_sum": float(sum(np.abs(w).sum(dtype=np.float64) for w in got)),
+  }
+
+
+def _free_ports(count: int) -> list:
+  import socket
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for sock in sockets:
+      sock.bind(("localhost", 0))
+    return [sock.getsockname()[1] for sock in sockets]
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
+def _run_workers(command, folder, timeout=600) -> list:
+  """Runs `command(index)` as worker 0 and worker 1 of a TF_CONFIG cluster on localhost;
+  returns their (stdout, stderr). A worker that fails ends the other (which would wait
+  for it forever)."""
+  import time
+
+  workers = [f"localhost:{port}" for port in _free_ports(2)]
+  env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
+             CUDA_VISIBLE_DEVICES="")
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+  procs, logs = [], []
+  for index in range(2):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    logs.append((open(os.path.join(folder, f"worker{index}.out"),
+                      "w+"), open(os.path.join(folder, f"worker{index}.err"), "w+")))
+    procs.append(
+        subprocess.Popen(command(index), env=dict(env, TF_CONFIG=json.dumps(tf_config)),
+                         stdout=logs[-1][0], stderr=logs[-1][1], text=True, cwd=REPO))
+  deadline = time.monotonic() + timeout
+  try:
+    while any(proc.poll() is None for proc in procs):
+      if any(proc.poll() for proc in procs) or time.monotonic() > deadline:
+        break
+      time.sleep(1)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+      proc.wait()
+  results = []
+  for proc, (out, err) in zip(procs, logs):
+    out.seek(0)
+    err.seek(0)
+    results.append((out.read(), err.read()))
+    out.close()
+    err.close()
+    assert proc.returncode == 0, f"a worker failed ({proc.returncode}):\n{results[-1][1][-4000:]}"
+  return results
+
+
+@pytest.mark.slow
+def test_two_worker_processes_step_equals_single_process_step(tmp_path):
+  """Two processes on localhost joined by TF_CONFIG (MultiWorkerMirroredStrategy): one
+  step on a global batch gives the weights of the same step in one process."""
+  outputs = _run_workers(
+      lambda index: [sys.executable, os.path.abspath(__file__), "worker"], str(tmp_path))
+  results = []
+  for out, err in outputs:
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"worker printed no result:\n{out[-2000:]}\n{err[-2000:]}"
+    results.append(json.loads(lines[-1]))
+  assert sorted(r["process_index"] for r in results) == [0, 1]
+  assert results[0]["pid"] != results[1]["pid"]
+  for result in results:
+    assert result["multi_worker"]
+    assert result["num_processes"] == 2 and result["num_replicas"] == 2, result
+    assert result["max_update"] > 1e-4  # the step did change the weights
+    assert result["max_abs_diff"] < 1e-5, result
+    assert result["max_abs_diff_unsynchronized_bn"] > 1e-4, result  # each took half the batch
+    # the logged loss is that of the global batch, the same in both processes
+    assert result["loss"] == pytest.approx(result["expected_loss"], rel=1e-5)
+  assert results[0]["weights_sum"] == pytest.approx(results[1]["weights_sum"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_runs_on_two_worker_processes(tmp_path):
+  """`python -m keras_cnn.train --distribution=data_parallel` with TF_CONFIG: both workers
+  train one model on the global batches and end with the same metrics."""
+  run = ("--n_cells=16", "--radius=4", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
+         "--stride_conv=1", "--padding=valid", "--train_unit=patch", "--patch_size=4", "--epochs=2",
+         "--steps_per_epoch=2", "--batch_size=2", "--validation_patches=2", "--precision=float32",
+         "--time_budget_minutes=0")
+  outputs = _run_workers(
+      lambda index: [
+          sys.executable, "-m", "keras_cnn.train", f"--workdir={tmp_path / f'w{index}'}",
+          "--distribution=data_parallel", *run
+      ], str(tmp_path))
+  for _, err in outputs:
+    assert "2 replica(s)" in err
+  metrics = [json.loads((tmp_path / f"w{index}" / "metrics.json").read_text()) for index in (0, 1)]
+  assert metrics[0]["r2"] == pytest.approx(metrics[1]["r2"], abs=1e-6)
+  histories = [(tmp_path / f"w{index}" / "history.csv").read_text() for index in (0, 1)]
+  assert histories[0] == histories[1]  # every process logged the global loss
+
+
 if __name__ == "__main__":
-  print(json.dumps(_child(sys.argv[1])))
+  print(json.dumps(_worker() if sys.argv[1] == "worker" else _child(sys.argv[1])))
 
 
 def test_an_isa_cap_without_bf16_means_float32(monkeypatch):
