@@ -207,9 +207,9 @@ class DataConfig:
       None, "Folder of rho_z{z:.3f}.npy, nsrc_z{z:.3f}.npy, xHII_z{z:.3f}.npy.")
   redshift: Union[None, float, str, Tuple[float, ...]] = setting(
       None, "Snapshots of --data_dir: a redshift (needed if it holds several), a comma list, "
-      "or all (matched by value). evaluate scores each; predict paints each into the --out folder; train: "
-      "see --test_redshifts. Without folders: the built-in simulator's redshift (one; "
-      "default 8.397).", kind="redshift")
+      "or all (matched by value). evaluate scores each; predict paints each into the --out "
+      "folder; train: see --test_redshifts. Without folders: the built-in simulator's "
+      "redshift (one; default 8.397).", kind="redshift")
   dataset: str = setting(
       splits_lib.SYNTHETIC, "'synthetic' (the built-in simulator; independent realizations "
       "per split) or a TFDS name such as reionization_boxes/synthetic_64.")
