@@ -77,6 +77,9 @@ _KINDS: Dict[str, tuple] = {
     "int_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
         name, None if default is None else [str(v) for v in default], help, **kw),
                  lambda v: tuple(int(s) for s in v)),
+    "float_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
+        name, None if default is None else [str(v) for v in default], help, **kw),
+                   lambda v: tuple(float(s) for s in v) if v else None),
     "str_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
         name, None if default is None else list(default), help, **kw), _optional_tuple),
     "redshift": (lambda name, default, help, f, kw: flags.DEFINE(
@@ -101,7 +104,7 @@ def _kind(field: dataclasses.Field) -> str:
   origin = typing.get_origin(annotation)
   if origin in (tuple, list, typing.get_origin(typing.Sequence[int])):
     item = typing.get_args(annotation)[0]
-    return {int: "int_list", str: "str_list"}[item]
+    return {int: "int_list", float: "float_list", str: "str_list"}[item]
   return {bool: "bool", int: "int", float: "float", str: "str"}[annotation]
 
 
@@ -263,3 +266,21 @@ def apply_config_from_flags(config_class, flag_values=FLAGS):
   apply = config_from_flags(config.ApplyConfig, flag_values)
   apply = dataclasses.replace(apply, batch_size=apply.batch_size or config.APPLY_BATCH_SIZE)
   return config_from_flags(config_class, flag_values, apply=apply)
+
+
+def define_lightcone_flags(flag_values=FLAGS) -> None:
+  """`keras_cnn.lightcone`: the painted maps, their snapshot folder, the output folder
+  and how the maps are stacked."""
+  define_format_flags(flag_values)
+  define_config_flags(config.DataConfig, ("data_dir",), flag_values)
+  define_config_flags(config.ApplyConfig, ("overwrite",), flag_values)
+  define_config_flags(config.EvaluateConfig, ("cell_size_mpc",), flag_values)
+  if "maps" in flag_values:
+    return
+  flags.DEFINE_string(
+      "maps", None, "Required. Folder of painted x_HII maps xHII_z{z:.3f}.npy, "
+      "two or more redshifts.", flag_values=flag_values)
+  if "out" not in flag_values:
+    flags.DEFINE_string("out", None, "Required. Output folder (lightcone.npz, PNGs).",
+                        flag_values=flag_values)
+  define_config_flags(config.LightconeConfig, flag_values=flag_values)

@@ -406,6 +406,24 @@ class PredictConfig:
                          checks=[NON_NEGATIVE])
 
 
+INTERPOLATIONS = ("linear", "step", "sigmoid", "step_cell")  # tools21cm's make_lightcone
+
+
+@dataclasses.dataclass(frozen=True)
+class LightconeConfig:
+  """`keras_cnn.lightcone`: how the painted maps are stacked along the line of sight."""
+
+  axis: int = setting(0, "Axis of the boxes along the line of sight (0, 1 or 2).",
+                      checks=[Check(lambda v: 0 <= v <= 2, "must be 0, 1 or 2")])
+  z_range: Optional[Tuple[float, ...]] = setting(
+      None, "low,high: the redshifts the lightcone spans, within those of the maps "
+      "(default: all of them).",
+      checks=[Check(lambda v: len(v) == 2 and v[0] < v[1], "needs two redshifts, low,high")])
+  interpolation: str = setting(
+      "linear", "How a slice between two maps' redshifts mixes them (tools21cm's "
+      "make_lightcone).", choices=INTERPOLATIONS)
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneConfig:
   """`keras_cnn.tune`: how many trials, how long each, and what they vary (the trials

@@ -148,6 +148,7 @@ COMMAND_ONLY = {
     "tune": {"workdir"},
     "evaluate": {"model", "out"},
     "predict": {"model", "out"},
+    "lightcone": {"maps", "out"},
 }
 _TRAINING = (config.ModelConfig, config.DataConfig, config.TrainConfig)
 # The config dataclasses whose settings each command has as flags.
@@ -156,6 +157,8 @@ COMMAND_CONFIGS = {
     "tune": _TRAINING + (config.TuneConfig,),
     "evaluate": (config.DataConfig, config.ApplyConfig, config.EvaluateConfig),
     "predict": (config.DataConfig, config.ApplyConfig, config.PredictConfig),
+    "lightcone":
+        (config.DataConfig, config.ApplyConfig, config.EvaluateConfig, config.LightconeConfig),
 }
 # Settings of those dataclasses that a command does not read: the splits' own snapshots
 # are training's.
@@ -164,6 +167,12 @@ COMMAND_SKIPS = {
     "tune": set(),
     "evaluate": set(config.SPLIT_FIELDS),
     "predict": set(config.SPLIT_FIELDS),
+    # lightcone reads the maps' snapshot folder, writes a folder and spaces its slices.
+    "lightcone": {
+        f.name
+        for c in (config.DataConfig, config.ApplyConfig, config.EvaluateConfig)
+        for f in config.settings_of(c)
+    } - {"data_dir", "data_format", "box_size_mpc", "overwrite", "cell_size_mpc"},
 }
 
 _DUMP_FLAGS = """

@@ -11,6 +11,7 @@ from absl import flags
 
 pytest.importorskip("tools21cm")
 
+from keras_cnn import cli_flags  # noqa: E402
 from keras_cnn import lightcone  # noqa: E402
 from keras_cnn import lightcones  # noqa: E402
 from keras_cnn import metrics  # noqa: E402
@@ -50,7 +51,7 @@ def history(tmp_path_factory):
 def _run(*args):
   """Runs the command's main in this process on flags of its own."""
   flag_values = flags.FlagValues()
-  lightcone.define_flags(flag_values)
+  cli_flags.define_lightcone_flags(flag_values)
   flag_values(["lightcone", *args])
   lightcone.main(["lightcone"], flag_values)
 
