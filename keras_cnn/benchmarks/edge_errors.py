@@ -16,12 +16,14 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A trained 'valid' .keras model.")
-flags.DEFINE_integer("n_cells", 64, "Box side.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic splits (the test box is painted).")
-flags.DEFINE_integer("edge_cells", 1, "Cells at most this far from an edge count as edge cells.",
-                     lower_bound=1)
-flags.mark_flag_as_required("model")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("model", None, "Required. A trained 'valid' .keras model.")
+  flags.DEFINE_integer("n_cells", 64, "Box side.")
+  flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic splits (the test box is painted).")
+  flags.DEFINE_integer("edge_cells", 1, "Cells at most this far from an edge count as edge cells.",
+                       lower_bound=1)
 
 
 def edge_mask(ionized, distance: int):
@@ -44,6 +46,8 @@ def edge_mask(ionized, distance: int):
 
 def main(argv) -> None:
   del argv
+  if not FLAGS.model:
+    raise app.UsageError("--model is required: a trained 'valid' .keras model")
   import keras
   import numpy as np
 
@@ -73,4 +77,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
