@@ -37,9 +37,14 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 ENGINES = ("auto", "dense", "per_voxel")
 POWER_SPECTRA = ("auto", "tools21cm", "numpy", "off")
 TUNERS = ("bayesian", "random")
+# Where the density and source branches meet: only in the head (the original network),
+# already at the input (every Conv3D of both branches sees both fields), or before every
+# block (each block's input holds both branches' features).
+FUSIONS = ("late", "early", "every")
 # The settings a search can vary, in the order of `keras_cnn.tuning.LEVERS`.
 SEARCHABLE = ("learning_rate", "lr_schedule", "loss", "batch_size", "patch_size", "dropout",
-              "block_filters", "block_strides", "dense_units", "radius", "source_transform")
+              "block_filters", "block_strides", "dense_units", "radius", "source_transform",
+              "fusion")
 DEFAULT_SEARCH = ("learning_rate", "dropout", "block_filters", "dense_units", "loss")
 
 BLOCKS = 3  # conv blocks per branch
@@ -165,6 +170,12 @@ class ModelConfig:
   block_strides: Sequence[int] = setting(
       (), "Conv3D strides of blocks 1, 2, 3, e.g. 1,2,2 (the first block at full resolution); "
       "empty: --stride_conv in every block.", checks=[_ints(BLOCKS, or_nothing=True)])
+  fusion: str = setting(
+      "late", "Where the two branches meet. late: only in the head (the original network). "
+      "early: both branches' first Conv3D sees both fields (the ionization criterion "
+      "compares sums of sources with sums of hydrogen over the same spheres). every: each "
+      "block's input holds both branches' features (later blocks cost twice the FLOPs).",
+      choices=FUSIONS)
 
   @property
   def crop_size(self) -> int:

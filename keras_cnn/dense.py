@@ -131,6 +131,9 @@ class DenseTwin(keras.Model):
     self.strides = [
         int(per_voxel.get_layer(f"conv3d_{i}").strides[0]) for i in model_lib.LEFT_BLOCKS
     ]
+    # Per block: whether both branches' inputs are joined before it (`ModelConfig.fusion`).
+    names = {layer.name for layer in per_voxel.layers}
+    self.fused = [model_lib.fusion_layer_name(b) in names for b in range(len(self.strides))]
     pool = per_voxel.get_layer(f"average_pooling_3d_{model_lib.LEFT_BLOCKS[0]}")
     self.pooling = int(pool.pool_size[0])
     dense = per_voxel.get_layer("dense")
@@ -161,18 +164,27 @@ class DenseTwin(keras.Model):
   def _layer(self, name):
     return self.per_voxel.get_layer(name)
 
-  def _branch(self, x, block_ids, training):
-    for i, stride in zip(block_ids, self.strides):
-      conv = self._layer(f"conv3d_{i}")
-      x = ops.conv(x, ops.cast(conv.kernel, x.dtype), strides=1, padding="valid")
-      x = x + ops.cast(conv.bias, x.dtype)
-      x = fold_phases(x, stride)
-      x = self._layer(f"batch_normalization_{i}")(x, training=training)
-      x = self._layer(f"leaky_re_lu_{i}")(x)
-      if self.pooling > 1:
-        x = ops.average_pool(x, self.pooling, strides=1, padding="valid")
-        x = fold_phases(x, self.pooling)
+  def _block(self, x, i, stride, training):
+    conv = self._layer(f"conv3d_{i}")
+    x = ops.conv(x, ops.cast(conv.kernel, x.dtype), strides=1, padding="valid")
+    x = x + ops.cast(conv.bias, x.dtype)
+    x = fold_phases(x, stride)
+    x = self._layer(f"batch_normalization_{i}")(x, training=training)
+    x = self._layer(f"leaky_re_lu_{i}")(x)
+    if self.pooling > 1:
+      x = ops.average_pool(x, self.pooling, strides=1, padding="valid")
+      x = fold_phases(x, self.pooling)
     return x
+
+  def _branches(self, left, right, training):
+    # Both branches fold their phases alike, so their channels line up position by position.
+    blocks = zip(model_lib.LEFT_BLOCKS, model_lib.RIGHT_BLOCKS, self.strides)
+    for b, (i, j, stride) in enumerate(blocks):
+      if self.fused[b]:
+        left = right = ops.concatenate([left, right], axis=-1)
+      left = self._block(left, i, stride, training)
+      right = self._block(right, j, stride, training)
+    return left, right
 
   def call(self, inputs, training=False):
     igm, src = inputs["n_igm"], inputs["n_src"]
@@ -183,8 +195,7 @@ class DenseTwin(keras.Model):
     left = self._layer("normalize_n_igm")(igm)
     right = self._layer("source_transform")(src)
     right = self._layer("normalize_n_src")(right)
-    left = self._branch(left, model_lib.LEFT_BLOCKS, training)
-    right = self._branch(right, model_lib.RIGHT_BLOCKS, training)
+    left, right = self._branches(left, right, training)
     x = ops.concatenate([left, right], axis=-1)
     x = self._layer("dropout")(x, training=training)
     dense = self._layer("dense")

@@ -204,6 +204,8 @@ def validate_config(config: ModelConfig) -> None:
   if config.source_transform not in SOURCE_TRANSFORMS:
     raise ValueError(
         f"--source_transform must be one of {SOURCE_TRANSFORMS}, got {config.source_transform!r}")
+  if config.fusion not in config_lib.FUSIONS:
+    raise ValueError(f"--fusion must be one of {config_lib.FUSIONS}, got {config.fusion!r}")
   if config.conditioning not in conditioning.KINDS:
     raise ValueError(
         f"--conditioning must be one of {conditioning.KINDS}, got {config.conditioning!r}")
@@ -223,16 +225,35 @@ def flattened_width(config: ModelConfig) -> int:
   return 2 * config.filters_per_block()[-1] * feature_map_sizes(config)[-1] ** 3
 
 
-def _branch(x, block_ids, config: ModelConfig):
-  for i, filters, stride in zip(block_ids, config.filters_per_block(), config.strides_per_block()):
-    x = keras.layers.Conv3D(filters, config.kernel_size, strides=stride, padding=config.padding,
-                            name=f"conv3d_{i}")(x)
-    x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
-                                        name=f"batch_normalization_{i}")(x)
-    x = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
-    x = keras.layers.AveragePooling3D(pool_size=config.kernel_pooling,
-                                      name=f"average_pooling_3d_{i}")(x)
-  return x
+def _block(x, i, filters, stride, config: ModelConfig):
+  x = keras.layers.Conv3D(filters, config.kernel_size, strides=stride, padding=config.padding,
+                          name=f"conv3d_{i}")(x)
+  x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                      name=f"batch_normalization_{i}")(x)
+  x = keras.layers.LeakyReLU(negative_slope=config.leaky_relu_slope, name=f"leaky_re_lu_{i}")(x)
+  return keras.layers.AveragePooling3D(pool_size=config.kernel_pooling,
+                                       name=f"average_pooling_3d_{i}")(x)
+
+
+def fusion_layer_name(block: int) -> str:
+  """Name of the Concatenate that joins both branches before block `block` (0-based)."""
+  return "concatenate_fields" if block == 0 else f"concatenate_block_{block}"
+
+
+def fuses_before(fusion: str, block: int) -> bool:
+  """Whether both branches' inputs are joined before block `block` (0-based)."""
+  return fusion == "every" or (fusion == "early" and block == 0)
+
+
+def _branches(left, right, config: ModelConfig):
+  """Both branches, block by block; `config.fusion` says where they see each other."""
+  blocks = zip(LEFT_BLOCKS, RIGHT_BLOCKS, config.filters_per_block(), config.strides_per_block())
+  for b, (i, j, filters, stride) in enumerate(blocks):
+    if fuses_before(config.fusion, b):
+      left = right = keras.layers.Concatenate(axis=-1, name=fusion_layer_name(b))([left, right])
+    left = _block(left, i, filters, stride, config)
+    right = _block(right, j, filters, stride, config)
+  return left, right
 
 
 def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Sequence[float]] = None,
@@ -270,8 +291,7 @@ def build_model(config: ModelConfig = ModelConfig(), n_igm_stats: Optional[Seque
   right = keras.layers.Normalization(axis=None, mean=float(src_mean), variance=float(src_var),
                                      name="normalize_n_src")(right)
 
-  left = _branch(left, LEFT_BLOCKS, config)
-  right = _branch(right, RIGHT_BLOCKS, config)
+  left, right = _branches(left, right, config)
 
   x = keras.layers.Concatenate(axis=-1, name="concatenate")([left, right])
   x = keras.layers.Flatten(name="flatten")(x)

@@ -91,6 +91,7 @@ LEVERS: Dict[str, Lever] = {
     "radius": Lever((12, 15), _model(radius=int), "crop radius"),
     "source_transform": Lever(("none", "log1p"), _model(source_transform=str),
                               "source input transform"),
+    "fusion": Lever(config_lib.FUSIONS, _model(fusion=str), "where the two branches meet"),
 }
 DEFAULT_SEARCH = config_lib.DEFAULT_SEARCH
 

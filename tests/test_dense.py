@@ -23,6 +23,10 @@ EXACTNESS_CASES = [
     (dict(radius=4, kernel_size=3, filters=5, source_transform="none"), (3, 11, 5)),
     # Per-block strides and filters: a full-resolution first block, wider later blocks.
     (dict(radius=13, kernel_size=3, block_filters=(2, 3, 4), block_strides=(1, 2, 2)), (7, 5, 6)),
+    # Branches that meet at the input, or before every block.
+    (dict(radius=7, kernel_size=3, filters=3, stride_conv=2, fusion="early"), (6, 7, 5)),
+    (dict(radius=11, kernel_size=3, block_filters=(2, 3, 2), kernel_pooling=2,
+          fusion="every"), (5, 6, 4)),
 ]
 
 

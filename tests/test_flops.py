@@ -15,6 +15,8 @@ CONFIGS = {
                                              padding="valid"),
     "stride_and_pool": model_lib.ModelConfig(radius=32, kernel_size=3, filters=2, stride_conv=2,
                                              kernel_pooling=2, padding="same"),
+    "early_fusion": model_lib.ModelConfig(fusion="early"),
+    "every_fusion": model_lib.ModelConfig(block_filters=(8, 16, 16), fusion="every"),
 }
 
 

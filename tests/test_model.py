@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_cnn import model as model_lib
-from keras_cnn.model import ModelConfig, build_model
+from keras_cnn.model import LEFT_BLOCKS, RIGHT_BLOCKS, ModelConfig, build_model, fusion_layer_name
 
 # Parameters of the week-2 network (r=24, kernel 5, 128 filters), trainable and not
 # (BatchNormalization moving statistics). Also quoted in docs/network.md.
@@ -72,6 +72,22 @@ def test_inputs_feed_the_original_branches(week2):
 
   assert upstream_input("conv3d_6") == "n_igm"
   assert upstream_input("conv3d_15") == "n_src"
+
+
+@pytest.mark.parametrize("fusion, joined", [("late", ()), ("early", (0,)), ("every", (0, 1, 2))])
+def test_fusion_joins_the_branches_where_asked(fusion, joined):
+  """Each fused block's Conv3D takes both branches' channels; the names stay the original's."""
+  config = ModelConfig(fusion=fusion, block_filters=(4, 6, 8))
+  model = build_model(config)
+  channels_in = (1, 4, 6)
+  for b, (i, j) in enumerate(zip(LEFT_BLOCKS, RIGHT_BLOCKS)):
+    expected = 2 * channels_in[b] if b in joined else channels_in[b]
+    for conv in (f"conv3d_{i}", f"conv3d_{j}"):
+      assert model.get_layer(conv).kernel.shape[-2] == expected
+  names = {layer.name for layer in model.layers}
+  assert {fusion_layer_name(b) for b in joined} <= names
+  assert not {fusion_layer_name(b) for b in range(3) if b not in joined} & names
+  assert model.get_layer("dense_7").output.shape == (None, 1)
 
 
 SHAPE_CASES = [

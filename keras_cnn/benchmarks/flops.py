@@ -76,13 +76,21 @@ def conv_output_sides(config: model_lib.ModelConfig) -> list:
   return sides
 
 
+def _input_channels(config: model_lib.ModelConfig) -> list:
+  """Input channels of each block's Conv3D in one branch (both fields or branches when fused)."""
+  channels, c_in = [], 1
+  for b, filters in enumerate(config.filters_per_block()):
+    channels.append(2 * c_in if model_lib.fuses_before(config.fusion, b) else c_in)
+    c_in = filters
+  return channels
+
+
 def per_voxel_flops(config: model_lib.ModelConfig) -> float:
   """Forward FLOPs of one voxel through the per-voxel model (every tap counted)."""
   conv = 0.0
-  c_in = 1
-  for side, filters in zip(conv_output_sides(config), config.filters_per_block()):
+  for side, c_in, filters in zip(conv_output_sides(config), _input_channels(config),
+                                 config.filters_per_block()):
     conv += 2.0 * c_in * filters * config.kernel_size ** 3 * side ** 3
-    c_in = filters
   width = model_lib.flattened_width(config)
   return 2 * conv + _head_flops(width, config.dense_units, config.tail_units)
 
@@ -94,10 +102,8 @@ def dense_flops_per_voxel(config: model_lib.ModelConfig) -> float:
   costs its k^3 taps per voxel, `flatten` + `dense` one m^3-tap convolution.
   """
   conv = 0.0
-  c_in = 1
-  for filters in config.filters_per_block():
+  for c_in, filters in zip(_input_channels(config), config.filters_per_block()):
     conv += 2.0 * c_in * filters * config.kernel_size ** 3
-    c_in = filters
   return 2 * conv + _head_flops(model_lib.flattened_width(config), config.dense_units,
                                 config.tail_units)
 
