@@ -48,26 +48,31 @@ def per_voxel_map(model, n_igm, n_src, radius):
 def random_valid_model(sizes, n_igm, n_src, seed=0):
   """A 'valid' model with random BatchNorm statistics whose output spans (0, 1).
 
-  Untrained, the sigmoid would sit almost constant and hide a wrong crop; the last
-  layer is rescaled so the logits on these fields have mean 0 and std 1.
+  Each BatchNorm gets moving statistics near those of its input on these fields (as a
+  trained model's would be), so the features deep in the network still vary from voxel
+  to voxel; with arbitrary statistics they can flatten to a near-constant, and the
+  rescaling below would then magnify float32 round-off past the tolerance. Untrained,
+  the sigmoid would sit almost constant and hide a wrong crop; the last layer is
+  rescaled so the logits on these fields have mean 0 and std 1.
   """
   keras.utils.set_random_seed(seed)
   config = ModelConfig(**{"padding": "valid", **HEAD, **BASE, **sizes})
   model = build_model(config, n_igm_stats=(0.1, 0.4), n_src_stats=(0.5, 1.5))
   rng = np.random.default_rng(seed)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      layer.moving_mean.assign(rng.normal(0.0, 0.1, layer.moving_mean.shape))
-      layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
-  features = keras.Model(model.inputs, model.get_layer("dense_6").output)
   centres = np.stack(np.meshgrid(*[np.arange(n) for n in n_igm.shape], indexing="ij"),
                      axis=-1).reshape(-1, 3)
   igm, src = pipeline.periodic_crops([n_igm, n_src], centres, config.radius)
-  hidden = np.asarray(
-      features.predict({
-          "n_igm": igm[..., None],
-          "n_src": src[..., None]
-      }, verbose=0), np.float64)
+  crops = {"n_igm": igm[..., None], "n_src": src[..., None]}
+  sample = {key: value[::max(1, len(centres) // 64)] for key, value in crops.items()}
+  norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  for layer in norms:  # in build order: each sees the statistics set before it
+    seen = np.asarray(keras.Model(model.inputs, layer.input).predict(sample, verbose=0), np.float64)
+    channels = seen.reshape(-1, seen.shape[-1])
+    mean, std = channels.mean(axis=0), channels.std(axis=0) + 1e-3
+    layer.moving_mean.assign(mean + rng.normal(0.0, 0.1, mean.shape) * std)
+    layer.moving_variance.assign(std**2 * rng.uniform(0.5, 2.0, std.shape))
+  features = keras.Model(model.inputs, model.get_layer("dense_6").output)
+  hidden = np.asarray(features.predict(crops, verbose=0), np.float64)
   last = model.get_layer("dense_7")
   kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
   logits = hidden @ kernel
