@@ -70,7 +70,7 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
     channels = seen.reshape(-1, seen.shape[-1])
     mean, std = channels.mean(axis=0), channels.std(axis=0) + 1e-3
     layer.moving_mean.assign(mean + rng.normal(0.0, 0.1, mean.shape) * std)
-    layer.moving_variance.assign(std**2 * rng.uniform(0.5, 2.0, std.shape))
+    layer.moving_variance.assign(std ** 2 * rng.uniform(0.5, 2.0, std.shape))
   features = keras.Model(model.inputs, model.get_layer("dense_6").output)
   hidden = np.asarray(features.predict(crops, verbose=0), np.float64)
   last = model.get_layer("dense_7")
