@@ -94,6 +94,33 @@ def unfold_phases(x, factor: int):
   return ops.reshape(x, (-1, a1 * factor, a2 * factor, a3 * factor, channels))
 
 
+def head_conv(x, kernel):
+  """'valid' stride-1 3-D convolution of x (B, X, Y, Z, C) with kernel (k, k, k, C, U).
+
+  The `dense` layer of the head as a convolution: its kernel is large (k = the last
+  feature grid's side) and U wide, while the input is small. Under tensorflow it runs as
+  one matrix product of the k^3 C-wide patches (`tf.extract_volume_patches`) with the
+  reshaped kernel, which oneDNN runs faster than its direct convolution for this shape
+  (forward and backward; `python -m keras_cnn.benchmarks.step_profile` times it). Other
+  backends use their convolution.
+  """
+  if keras.backend.backend() != "tensorflow":
+    return ops.conv(x, kernel, strides=1, padding="valid")
+  import tensorflow as tf
+
+  k1, k2, k3, channels, units = kernel.shape
+  patches = tf.extract_volume_patches(x, ksizes=[1, k1, k2, k3, 1], strides=[1] * 5,
+                                      padding="VALID")
+  rows = ops.reshape(patches, (-1, k1 * k2 * k3 * channels))
+  out = ops.matmul(rows, ops.reshape(kernel, (k1 * k2 * k3 * channels, units)))
+  # Keep the static sides where they are known: the folds after this need them.
+  sides = [n - k + 1 if n is not None else -1 for n, k in zip(x.shape[1:4], (k1, k2, k3))]
+  batch = x.shape[0] if x.shape[0] is not None else -1
+  if [batch, *sides].count(-1) > 1:
+    return tf.reshape(out, tf.concat([tf.shape(patches)[:4], [units]], axis=0))
+  return ops.reshape(out, (batch, *sides, units))
+
+
 @keras.saving.register_keras_serializable(package="keras_cnn")
 class DenseTwin(keras.Model):
   """Fully convolutional twin of a 'valid' per-voxel model, sharing its weights.
@@ -204,7 +231,7 @@ class DenseTwin(keras.Model):
     flat_rows = side ** 3 * self.head_channels  # `flatten`'s width; the condition follows
     kernel = ops.reshape(weights[:flat_rows],
                          (side, side, side, self.head_channels, self.head_units))
-    x = ops.conv(x, kernel, strides=1, padding="valid") + ops.cast(dense.bias, x.dtype)
+    x = head_conv(x, kernel) + ops.cast(dense.bias, x.dtype)
     if self.conditioning != "none":
       # The condition's rows of `dense`: one shift of the pre-activation per box.
       condition = self._layer(conditioning.LAYER_NAME)(inputs[conditioning.INPUT_NAME])

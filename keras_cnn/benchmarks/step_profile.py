@@ -4,22 +4,26 @@
   python -m keras_cnn.benchmarks.step_profile --precision=float32   # as an AVX2 float32 CPU runs it
   ONEDNN_MAX_CPU_ISA=AVX2 python -m keras_cnn.benchmarks.step_profile --precision=float32
 
-The network and batch are the preset's (`--flagfile`, default flags/default.flags: its
+The network and batch are the preset's (`--preset`, default flags/default.flags: its
 model flags, --patch_size and --batch_size). The dense twin's forward pass is walked
 stage by stage, as `keras_cnn.dense.DenseTwin.call` runs it: per block of each branch the
 convolution, the polyphase fold, BatchNormalization (training mode), LeakyReLU and
-pooling; then `dropout`, the `dense` convolution, the per-position head, the unfold and
-the loss. Each stage is timed alone (compiled with tf.function, median of --repeats) in
-its forward pass and in forward + backward (gradients for its inputs and weights), next
-to the whole step (`train_on_batch`, optimizer included), the optimizer's update alone,
-the input pipeline's batches/s and a float32 matmul of the same run.
+pooling (with the branches joined where the preset's --fusion joins them); then
+`dropout`, the `dense` convolution (`keras_cnn.dense.head_conv`), the per-position head,
+the unfold and the loss. Each stage is timed alone (compiled with tf.function, median of
+--repeats) in its forward pass and in forward + backward (gradients for its inputs and
+weights), next to the whole step (`train_on_batch`, optimizer included), the optimizer's
+update alone, the input pipeline's batches/s and a float32 matmul of the same run. The
+`dense` convolution is also timed as the direct convolution it replaces (stage
+"head/dense_conv_direct", `baseline_for`; its `share` is against the same sum).
 
 One JSON object per line: `stage`, `forward_ms`, `train_ms` (forward + backward),
 `share` (of the summed stage train_ms), `gflop` (forward FLOPs of the stage's
 convolutions and matmuls) and `gflop_per_s` (3 x gflop over train_ms). Then `stage`
-"step" (the real step, `step_ms`, `target_voxels_per_s`, `matmul_fraction`: useful twin
-FLOPs x 3 per target voxel times voxels/s over the matmul rate), "optimizer" and
-"input_pipeline".
+"step" (the real step, `step_ms`; the same step with the direct `dense` convolution,
+`step_ms_direct_dense_conv`, and their ratio `speedup_over_direct`;
+`target_voxels_per_s`, `matmul_fraction`: useful twin FLOPs x 3 per target voxel times
+voxels/s over the matmul rate), "optimizer" and "input_pipeline".
 """
 
 import json
@@ -116,41 +120,53 @@ def main(argv) -> None:
     return forward(x)
 
   layer = model.get_layer
-  outputs = []
-  for branch, blocks, name, transform in (("left", model_lib.LEFT_BLOCKS, "n_igm", None),
-                                          ("right", model_lib.RIGHT_BLOCKS, "n_src", True)):
-    x = inputs[name]
-    if transform:
-      x = layer("normalize_n_src")(layer("source_transform")(x))
-    else:
-      x = layer("normalize_n_igm")(x)
-    x = tf.cast(x, keras.config.dtype_policy().compute_dtype)
-    for i, stride in zip(blocks, twin.strides):
-      conv = layer(f"conv3d_{i}")
-      kernel_shape = tuple(conv.kernel.shape)
+  compute = keras.config.dtype_policy().compute_dtype
+  left = tf.cast(layer("normalize_n_igm")(inputs["n_igm"]), compute)
+  right = tf.cast(layer("normalize_n_src")(layer("source_transform")(inputs["n_src"])), compute)
+
+  def block(branch, i, stride, x):
+    conv = layer(f"conv3d_{i}")
+    kernel_shape = tuple(conv.kernel.shape)
+    x = stage(
+        f"{branch}/conv3d_{i}", lambda x, conv=conv: ops.conv(x, ops.cast(
+            conv.kernel, x.dtype), padding="valid") + ops.cast(conv.bias, x.dtype), x,
+        conv.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
+    x = stage(f"{branch}/fold_{i}", lambda x, s=stride: dense.fold_phases(x, s), x)
+    bn = layer(f"batch_normalization_{i}")
+    x = stage(f"{branch}/batch_normalization_{i}", lambda x, bn=bn: bn(x, training=True), x,
+              bn.trainable_variables)
+    x = stage(f"{branch}/leaky_re_lu_{i}", layer(f"leaky_re_lu_{i}"), x)
+    if twin.pooling > 1:
       x = stage(
-          f"{branch}/conv3d_{i}", lambda x, conv=conv: ops.conv(x, ops.cast(
-              conv.kernel, x.dtype), padding="valid") + ops.cast(conv.bias, x.dtype), x,
-          conv.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
-      x = stage(f"{branch}/fold_{i}", lambda x, s=stride: dense.fold_phases(x, s), x)
-      bn = layer(f"batch_normalization_{i}")
-      x = stage(f"{branch}/batch_normalization_{i}", lambda x, bn=bn: bn(x, training=True), x,
-                bn.trainable_variables)
-      x = stage(f"{branch}/leaky_re_lu_{i}", layer(f"leaky_re_lu_{i}"), x)
-      if twin.pooling > 1:
-        x = stage(
-            f"{branch}/average_pooling_{i}", lambda x: dense.fold_phases(
-                ops.average_pool(x, twin.pooling, strides=1, padding="valid"), twin.pooling), x)
-    outputs.append(x)
+          f"{branch}/average_pooling_{i}", lambda x: dense.fold_phases(
+              ops.average_pool(x, twin.pooling, strides=1, padding="valid"), twin.pooling), x)
+    return x
+
+  blocks = zip(model_lib.LEFT_BLOCKS, model_lib.RIGHT_BLOCKS, twin.strides)
+  for b, (i, j, stride) in enumerate(blocks):
+    if twin.fused[b]:  # --fusion: both branches see both fields from this block on
+      left = right = stage(f"concatenate_block_{b}",
+                           lambda x, y=right: ops.concatenate([x, y], axis=-1), left)
+    left = block("left", i, stride, left)
+    right = block("right", j, stride, right)
+  outputs = [left, right]
   x = ops.concatenate(outputs, axis=-1)
   x = stage("head/dropout", lambda x: layer("dropout")(x, training=True), x)
   dense_layer = layer("dense")
   kernel_shape = (twin.head_side,) * 3 + (twin.head_channels, twin.head_units)
-  x = stage(
-      "head/dense_conv",
+  # The direct convolution that head_conv replaces under tensorflow, for comparison
+  # (not part of the step: left out of the shares below).
+  stage(
+      "head/dense_conv_direct",
       lambda x: ops.conv(x, ops.cast(ops.reshape(dense_layer.kernel, kernel_shape), x.dtype),
                          padding="valid") + ops.cast(dense_layer.bias, x.dtype), x,
       dense_layer.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
+  comparison = rows.pop()
+  x = stage(
+      "head/dense_conv",
+      lambda x: dense.head_conv(x, ops.cast(ops.reshape(dense_layer.kernel, kernel_shape), x.dtype))
+      + ops.cast(dense_layer.bias, x.dtype), x, dense_layer.trainable_variables,
+      _conv_gflop(tuple(x.shape), kernel_shape))
 
   def head(x):
     for head_layer in twin.head_layers:
@@ -176,7 +192,8 @@ def main(argv) -> None:
   stage("head/unfold_and_loss", unfold_and_loss, x)
 
   summed = sum(row["train_ms"] for row in rows)
-  for row in rows:
+  comparison["baseline_for"] = "head/dense_conv"
+  for row in rows + [comparison]:
     row["share"] = round(row["train_ms"] / summed, 3)
     row["gflop_per_s"] = round(3 * row["gflop"] / (row["train_ms"] / 1e3), 1) if row["gflop"] else 0
     row["forward_ms"] = round(row["forward_ms"], 2)
@@ -186,6 +203,15 @@ def main(argv) -> None:
     print(json.dumps(row), flush=True)
 
   step_ms = _median_ms(lambda: twin.train_on_batch(inputs, targets), repeats)
+  # The same step with the `dense` convolution run directly (what head_conv replaces).
+  head_conv = dense.head_conv
+  dense.head_conv = lambda x, kernel: ops.conv(x, kernel, strides=1, padding="valid")
+  try:
+    direct = dense.DenseTwin(model, flat_output=True)
+    training.compile_model(direct, 1e-3, False)
+    direct_ms = _median_ms(lambda: direct.train_on_batch(inputs, targets), repeats)
+  finally:
+    dense.head_conv = head_conv
   voxels_per_s = batch * patch ** 3 / (step_ms / 1e3)
   useful = 3 * flops.dense_flops_per_voxel(config) * voxels_per_s / 1e9
   grads = [tf.zeros_like(v) for v in twin.trainable_variables]
@@ -195,6 +221,8 @@ def main(argv) -> None:
       json.dumps({
           "stage": "step",
           "step_ms": round(step_ms, 1),
+          "step_ms_direct_dense_conv": round(direct_ms, 1),
+          "speedup_over_direct": round(direct_ms / step_ms, 3),
           "summed_stage_train_ms": round(summed, 1),
           "target_voxels_per_s": round(voxels_per_s),
           "useful_gflop_per_s": round(useful, 1),
