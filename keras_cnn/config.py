@@ -171,7 +171,7 @@ class ModelConfig:
       (), "Conv3D strides of blocks 1, 2, 3, e.g. 1,2,2 (the first block at full resolution); "
       "empty: --stride_conv in every block.", checks=[_ints(BLOCKS, or_nothing=True)])
   fusion: str = setting(
-      "late", "Where the two branches meet. late: only in the head (the original network). "
+      "early", "Where the two branches meet. late: only in the head (the original network). "
       "early: both branches' first Conv3D sees both fields (the ionization criterion "
       "compares sums of sources with sums of hydrogen over the same spheres). every: each "
       "block's input holds both branches' features (later blocks cost twice the FLOPs).",

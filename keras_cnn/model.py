@@ -37,7 +37,7 @@ ModelConfig = config_lib.ModelConfig
 # The original project's week-2 network: r=24 (the mean free path), kernel 5, 128 filters,
 # average pooling 2, dropout 0.8 / 0.5, 'same' padding (`flags/week2.flags`).
 WEEK2 = ModelConfig(radius=24, kernel_size=5, filters=128, stride_conv=1, kernel_pooling=2,
-                    dropout_input=0.8, dropout_hidden=0.5, padding="same")
+                    dropout_input=0.8, dropout_hidden=0.5, padding="same", fusion="late")
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
