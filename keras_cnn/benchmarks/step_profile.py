@@ -21,13 +21,16 @@ One JSON object per line: `stage`, `forward_ms`, `train_ms` (forward + backward)
 `share` (of the summed stage train_ms), `gflop` (forward FLOPs of the stage's
 convolutions and matmuls) and `gflop_per_s` (3 x gflop over train_ms). Then `stage`
 "step" (the real step, `step_ms`; the same step with the direct `dense` convolution,
-`step_ms_direct_dense_conv`, and their ratio `speedup_over_direct`;
+`step_ms_direct_dense_conv`, timed in turns over 2 x --repeats rounds, and their ratio
+`speedup_over_direct`;
 `target_voxels_per_s`, `matmul_fraction`: useful twin FLOPs x 3 per target voxel times
 voxels/s over the matmul rate), "optimizer" and "input_pipeline".
 """
 
 import json
 import os
+import statistics
+import time
 
 from absl import app
 from absl import flags
@@ -202,16 +205,23 @@ def main(argv) -> None:
     row["precision"] = precision
     print(json.dumps(row), flush=True)
 
-  step_ms = _median_ms(lambda: twin.train_on_batch(inputs, targets), repeats)
-  # The same step with the `dense` convolution run directly (what head_conv replaces).
+  # The same step with the `dense` convolution run directly (what head_conv replaces),
+  # timed in turns with the real step so that both see the same machine state.
   head_conv = dense.head_conv
   dense.head_conv = lambda x, kernel: ops.conv(x, kernel, strides=1, padding="valid")
   try:
     direct = dense.DenseTwin(model, flat_output=True)
     training.compile_model(direct, 1e-3, False)
-    direct_ms = _median_ms(lambda: direct.train_on_batch(inputs, targets), repeats)
+    direct.train_on_batch(inputs, targets)  # traced while the direct convolution is in place
   finally:
     dense.head_conv = head_conv
+  step_times = {"step": [], "direct": []}
+  for _ in range(2 + 2 * repeats):  # the first two rounds warm up
+    for key, stepper in (("step", twin), ("direct", direct)):
+      start = time.perf_counter()
+      stepper.train_on_batch(inputs, targets)
+      step_times[key].append(time.perf_counter() - start)
+  step_ms, direct_ms = (1e3 * statistics.median(step_times[key][2:]) for key in ("step", "direct"))
   voxels_per_s = batch * patch ** 3 / (step_ms / 1e3)
   useful = 3 * flops.dense_flops_per_voxel(config) * voxels_per_s / 1e9
   grads = [tf.zeros_like(v) for v in twin.trainable_variables]
