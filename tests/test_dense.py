@@ -48,12 +48,12 @@ def per_voxel_map(model, n_igm, n_src, radius):
 def random_valid_model(sizes, n_igm, n_src, seed=0):
   """A 'valid' model with random BatchNorm statistics whose output spans (0, 1).
 
-  Each BatchNorm gets moving statistics near those of its input on these fields (as a
-  trained model's would be), so the features deep in the network still vary from voxel
-  to voxel; with arbitrary statistics they can flatten to a near-constant, and the
-  rescaling below would then magnify float32 round-off past the tolerance. Untrained,
-  the sigmoid would sit almost constant and hide a wrong crop; the last layer is
-  rescaled so the logits on these fields have mean 0 and std 1.
+  Each BatchNorm gets moving statistics near those of its input on these fields, as a
+  trained model's would be (then randomly perturbed), so the features deep in the network
+  still vary from voxel to voxel; with arbitrary statistics they can flatten to a
+  near-constant, and rescaling the head would then magnify float32 round-off past the
+  tolerance. Untrained, the sigmoid would sit almost constant and hide a wrong crop; the
+  head's layers are rescaled so the logits on these fields have mean 0 and std 1.
   """
   keras.utils.set_random_seed(seed)
   config = ModelConfig(**{"padding": "valid", **HEAD, **BASE, **sizes})
@@ -63,22 +63,35 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
                      axis=-1).reshape(-1, 3)
   igm, src = pipeline.periodic_crops([n_igm, n_src], centres, config.radius)
   crops = {"n_igm": igm[..., None], "n_src": src[..., None]}
-  sample = {key: value[::max(1, len(centres) // 64)] for key, value in crops.items()}
   norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-  for layer in norms:  # in build order: each sees the statistics set before it
-    seen = np.asarray(keras.Model(model.inputs, layer.input).predict(sample, verbose=0), np.float64)
-    channels = seen.reshape(-1, seen.shape[-1])
+  # Layer by layer, in build order: each sees the statistics set before it. One probe
+  # model on a few crops serves every step (its variables change between calls).
+  sample = {key: value[::max(1, len(centres) // 24)] for key, value in crops.items()}
+  probe = keras.Model(model.inputs, [layer.input for layer in norms])
+  for k, layer in enumerate(norms):
+    seen = probe.predict(sample, batch_size=len(sample["n_igm"]), verbose=0)[k]
+    channels = np.asarray(seen, np.float64).reshape(-1, seen.shape[-1])
     mean, std = channels.mean(axis=0), channels.std(axis=0) + 1e-3
     layer.moving_mean.assign(mean + rng.normal(0.0, 0.1, mean.shape) * std)
     layer.moving_variance.assign(std ** 2 * rng.uniform(0.5, 2.0, std.shape))
-  features = keras.Model(model.inputs, model.get_layer("dense_6").output)
-  hidden = np.asarray(features.predict(crops, verbose=0), np.float64)
-  last = model.get_layer("dense_7")
-  kernel = np.asarray(keras.ops.convert_to_numpy(last.kernel), np.float64)
-  logits = hidden @ kernel
-  scale = 1.0 / max(float(logits.std()), 1e-12)
-  last.kernel.assign((kernel * scale).astype(np.float32))
-  last.bias.assign(np.array([-float(logits.mean()) * scale], np.float32))
+  # The head, layer by layer in float64: each Dense is rescaled so that every unit's
+  # pre-activation has mean 0 and std 1 on these crops. Its small widths would otherwise
+  # shrink the signal (not the round-off) on its way to the logits; the last layer's
+  # logits end with mean 0 and std 1, spanning the sigmoid.
+  features = keras.Model(model.inputs, model.get_layer("dropout").output)
+  x = np.asarray(features.predict(crops, verbose=0), np.float64)
+  n_dense = len(config.dense_units) + len(config.tail_units) + 1
+  for i in range(n_dense):
+    layer = model.get_layer("dense" if i == 0 else f"dense_{i}")
+    kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
+    bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), np.float64)
+    z = x @ kernel + bias
+    mean, std = z.mean(axis=0), np.maximum(z.std(axis=0), 1e-12)
+    layer.kernel.assign((kernel / std).astype(np.float32))
+    layer.bias.assign(((bias - mean) / std).astype(np.float32))
+    x = (z - mean) / std
+    if i < len(config.dense_units):
+      x = np.where(x > 0, x, config.leaky_relu_slope * x)
   return model, config
 
 
