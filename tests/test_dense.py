@@ -74,10 +74,10 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
     mean, std = channels.mean(axis=0), channels.std(axis=0) + 1e-3
     layer.moving_mean.assign(mean + rng.normal(0.0, 0.1, mean.shape) * std)
     layer.moving_variance.assign(std ** 2 * rng.uniform(0.5, 2.0, std.shape))
-  # The head, layer by layer in float64: each Dense is rescaled so that every unit's
-  # pre-activation has mean 0 and std 1 on these crops. Its small widths would otherwise
-  # shrink the signal (not the round-off) on its way to the logits; the last layer's
-  # logits end with mean 0 and std 1, spanning the sigmoid.
+  # The head, layer by layer in float64: each Dense is rescaled so that its units'
+  # pre-activations have mean 0 and, together, std 1 on these crops. Its small widths
+  # would otherwise shrink the signal (not the round-off) on its way to the logits; the
+  # last layer's logits end with mean 0 and std 1, spanning the sigmoid.
   features = keras.Model(model.inputs, model.get_layer("dropout").output)
   x = np.asarray(features.predict(crops, verbose=0), np.float64)
   n_dense = len(config.dense_units) + len(config.tail_units) + 1
@@ -86,7 +86,8 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
     bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), np.float64)
     z = x @ kernel + bias
-    mean, std = z.mean(axis=0), np.maximum(z.std(axis=0), 1e-12)
+    # One scale per layer (a unit of almost constant output is not magnified).
+    mean, std = z.mean(axis=0), max(float(np.sqrt(z.var(axis=0).mean())), 1e-12)
     layer.kernel.assign((kernel / std).astype(np.float32))
     layer.bias.assign(((bias - mean) / std).astype(np.float32))
     x = (z - mean) / std
