@@ -113,12 +113,9 @@ def head_conv(x, kernel):
                                       padding="VALID")
   rows = ops.reshape(patches, (-1, k1 * k2 * k3 * channels))
   out = ops.matmul(rows, ops.reshape(kernel, (k1 * k2 * k3 * channels, units)))
-  # Keep the static sides where they are known: the folds after this need them.
-  sides = [n - k + 1 if n is not None else -1 for n, k in zip(x.shape[1:4], (k1, k2, k3))]
-  batch = x.shape[0] if x.shape[0] is not None else -1
-  if [batch, *sides].count(-1) > 1:
-    return tf.reshape(out, tf.concat([tf.shape(patches)[:4], [units]], axis=0))
-  return ops.reshape(out, (batch, *sides, units))
+  out = tf.reshape(out, tf.concat([tf.shape(patches)[:4], [units]], axis=0))
+  out.set_shape(patches.shape[:4] + [units])  # the static sides: the folds after this need them
+  return out
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
