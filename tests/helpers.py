@@ -9,6 +9,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDSHIFT = 8.397
 PRESETS_DIR = os.path.join(REPO, "flags")
 PRESETS = sorted(name for name in os.listdir(PRESETS_DIR) if name.endswith(".flags"))
+# A network and run small enough for a training command to finish in seconds.
+TINY_FLAGS = ("--n_cells=16", "--radius=3", "--kernel_size=3", "--filters=2", "--stride_conv=1",
+              "--dense_units=8,8,8,8,8", "--tail_units=4,4", "--patch_size=4",
+              "--steps_per_epoch=2", "--epochs=1", "--validation_patches=2")
 
 
 def tiny_snapshot(shape=(10, 9, 8), seed=0, with_target=True, redshift=REDSHIFT, name="tiny"):

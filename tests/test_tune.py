@@ -6,14 +6,11 @@ import json
 import os
 
 import pytest
+from helpers import TINY_FLAGS
 
 from keras_cnn import training
 from keras_cnn import tuning
 from keras_cnn.model import ModelConfig, validate_config
-
-TINY_FLAGS = ("--n_cells=16", "--radius=3", "--kernel_size=3", "--filters=2", "--stride_conv=1",
-              "--dense_units=8,8,8,8,8", "--tail_units=4,4", "--patch_size=4",
-              "--steps_per_epoch=2", "--epochs=1", "--validation_patches=2")
 
 
 def _rows(workdir):
