@@ -73,3 +73,25 @@ def test_train_step_flops_of_the_original_network():
   assert counts["train"] == pytest.approx(3 * counts["forward"])
   one_tap = flops.model_flops(config.radius, config.filters, kernel_size=1)
   assert one_tap["forward"] == pytest.approx(one_tap["forward_nominal"])
+
+
+@pytest.mark.parametrize("name", ["week2_small_same", "stride_and_pool", "default"])
+def test_pytorch_baseline_is_the_same_network_at_a_presets_sizes(name):
+  """The PyTorch original that the training benchmarks compare with has, at any sizes,
+  the trainable weights of keras_cnn's 'same' network with the branches joined in the
+  head, and the useful FLOPs the benchmarks credit it with."""
+  torch = pytest.importorskip("torch")
+  from keras_cnn.benchmarks import torch_reference
+
+  config = dataclasses.replace(CONFIGS[name], padding="same", fusion="late")
+  net = torch_reference.build_original_pytorch(config.radius, config.filters, config.kernel_size,
+                                               config.stride_conv, config.kernel_pooling)
+  model = model_lib.build_model(config)
+  trainable = sum(_size(weight.shape) for weight in model.trainable_weights)
+  assert sum(p.numel() for p in net.parameters()) == trainable
+  side = config.crop_size
+  out = net.eval()(torch.zeros(2, 1, side, side, side), torch.zeros(2, 1, side, side, side))
+  assert tuple(out.shape) == (2, 1)
+  nominal = flops.model_flops(config.radius, config.filters, config.kernel_size, config.stride_conv,
+                              config.kernel_pooling)["forward_nominal"]
+  assert nominal == pytest.approx(flops.per_voxel_flops(config))

@@ -3,12 +3,16 @@
 Conv3d -> BatchNorm3d -> LeakyReLU -> AvgPool3d(2), three times per branch,
 `torch.cat` on channels, Flatten -> Dropout(0.8) -> 5 x (Linear -> Dropout(0.5) ->
 LeakyReLU) -> Linear(8) -> Linear(4) -> Linear(1) -> sigmoid, with the original layer
-names. keras_cnn's `model.WEEK2` preset is the same network in Keras.
+names. keras_cnn's `model.WEEK2` preset is the same network in Keras. `stride` and
+`pooling` give the same structure at other sizes (the CPU preset's stride-2 blocks
+without pooling), for comparisons at a preset's sizes.
 """
 
 
-def build_original_pytorch(radius: int, filters: int, kernel_size: int = 5):
-  """The original week-2 PyTorch net, channels on dim 1 as torch.nn expects."""
+def build_original_pytorch(radius: int, filters: int, kernel_size: int = 5, stride: int = 1,
+                           pooling: int = 2):
+  """The original week-2 PyTorch net, channels on dim 1 as torch.nn expects; 'same'
+  padding, each Conv3d with `stride`, each AvgPool3d of side `pooling` (1: none)."""
   import torch
   from torch import nn
 
@@ -21,14 +25,14 @@ def build_original_pytorch(radius: int, filters: int, kernel_size: int = 5):
       for ids in ((6, 7, 8), (15, 16, 17)):
         c_in = 1
         for i in ids:
-          setattr(self, f"conv3d_{i}", nn.Conv3d(c_in, filters, kernel_size, 1, padding))
+          setattr(self, f"conv3d_{i}", nn.Conv3d(c_in, filters, kernel_size, stride, padding))
           setattr(self, f"batch_normalization_{i}", nn.BatchNorm3d(filters))
           setattr(self, f"leaky_re_lu_{i}", nn.LeakyReLU())
-          setattr(self, f"average_pooling_3d_{i}", nn.AvgPool3d(2))
+          setattr(self, f"average_pooling_3d_{i}", nn.AvgPool3d(pooling))
           c_in = filters
       side = 2 * radius + 1
-      for _ in range(3):
-        side //= 2
+      for _ in range(3):  # 'same': ceil(side / stride) outputs, then floor pooling
+        side = -(-side // stride) // pooling
       width = 2 * filters * side ** 3
       self.dropout = nn.Dropout(p=0.8)
       for i, units in enumerate((256, 128, 64, 32, 16)):
