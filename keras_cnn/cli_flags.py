@@ -252,6 +252,16 @@ def model_config_from_flags(flag_values=FLAGS) -> config.ModelConfig:
   return config_from_flags(config.ModelConfig, flag_values)
 
 
+def train_flags_text(flag_values=FLAGS) -> str:
+  """The given train flags, one `--name=value` line each: workdir/flags.txt, which works
+  as --flagfile to rerun the same training."""
+  import sys
+
+  return "".join(
+      f"{flag.serialize()}\n" for flag in flag_values.get_flags_for_module(sys.modules[__name__])
+      if flag.serialize())
+
+
 def train_config_from_flags(flag_values=FLAGS) -> config.TrainConfig:
   """The `TrainConfig` that the parsed train flags describe; --batch_size, when not
   given, by --train_unit."""

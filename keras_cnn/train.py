@@ -38,8 +38,7 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   # flags.txt works as --flagfile to rerun the same training.
-  flags_text = "".join(
-      f"{flag.serialize()}\n" for flag in FLAGS.get_flags_for_module(cli_flags) if flag.serialize())
+  flags_text = cli_flags.train_flags_text()
   finished = training.is_finished(FLAGS.workdir)
   metrics = training.train_and_evaluate(config, FLAGS.workdir, flags_text=flags_text)
   if finished:

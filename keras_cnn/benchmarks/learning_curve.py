@@ -55,6 +55,13 @@ def snapshot_path(curve_dir: str, mark: float) -> str:
   return os.path.join(curve_dir, f"model_at_{mark:g}min.keras")
 
 
+def _copy(source: str, target: str) -> None:
+  """Copies under a temporary name first: `target` is either complete or absent."""
+  tmp = f"{target}.{os.getpid()}.tmp.keras"
+  shutil.copyfile(source, tmp)
+  os.replace(tmp, target)
+
+
 def keep_at_marks(best_path: str, curve_dir: str, marks):
   """A Keras callback that copies best.keras once per passed mark, keeps the training
   clock in `curve_dir`, and stops training at the last mark."""
@@ -78,9 +85,7 @@ def keep_at_marks(best_path: str, curve_dir: str, marks):
       for mark in marks:
         target = snapshot_path(curve_dir, mark)
         if seconds >= 60 * mark and not os.path.exists(target) and os.path.exists(best_path):
-          tmp = f"{target}.{os.getpid()}.tmp.keras"
-          shutil.copyfile(best_path, tmp)
-          os.replace(tmp, target)
+          _copy(best_path, target)
           logging.info("Kept the best model after %.1f min as %s", seconds / 60, target)
       io_utils.write_text(self.clock_path,
                           json.dumps({
@@ -146,21 +151,20 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   curve_dir = FLAGS.workdir
   run_dir = os.path.join(curve_dir, RUN_DIR)
-  flags_text = "".join(
-      f"{flag.serialize()}\n" for flag in FLAGS.get_flags_for_module(cli_flags) if flag.serialize())
   if not training.is_finished(run_dir):
     os.makedirs(curve_dir, exist_ok=True)
     keep = keep_at_marks(os.path.join(run_dir, conventions.BEST_FILE), curve_dir, marks)
-    training.train_and_evaluate(config, run_dir, flags_text=flags_text, extra_callbacks=[keep])
+    training.train_and_evaluate(config, run_dir, flags_text=cli_flags.train_flags_text(),
+                                extra_callbacks=[keep])
   # A run that stopped early (patience) or ran past a mark within its last epoch shares
   # its final model for every mark not yet kept.
-  final = os.path.join(run_dir, conventions.MODEL_FILE)
-  for mark in marks:
-    if not os.path.exists(snapshot_path(curve_dir, mark)):
-      shutil.copyfile(final, snapshot_path(curve_dir, mark))
   if not os.path.exists(os.path.join(curve_dir, CLOCK_FILE)):
     raise app.UsageError(f"--workdir={FLAGS.workdir} has a finished run but no {CLOCK_FILE}; "
                          "choose a new folder")
+  final = os.path.join(run_dir, conventions.MODEL_FILE)
+  for mark in marks:
+    if not os.path.exists(snapshot_path(curve_dir, mark)):
+      _copy(final, snapshot_path(curve_dir, mark))
   clock = read_clock(curve_dir)
   boxes = _boxes(config)
   cell = conventions.CELL_SIZE_MPC
