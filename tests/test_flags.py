@@ -248,8 +248,9 @@ def test_evaluate_and_predict_settings_come_from_their_flags(parse):
 
 @pytest.mark.parametrize("command,args,refused", [
     ("train", ["--test_examples=100"], "--test_examples=100"),
-    ("train", ["--validation_examples=100"], "--validation_examples=100"),
-    ("train", ["--stratify_bins=4"], "--stratify_bins=4"),
+    pytest.param("train", ["--validation_examples=100"], "--validation_examples=100",
+                 marks=pytest.mark.slow),
+    pytest.param("train", ["--stratify_bins=4"], "--stratify_bins=4", marks=pytest.mark.slow),
     ("tune", ["--validation_examples=100", "--max_trials=1"], "--validation_examples=100"),
 ])
 def test_a_flag_the_mode_ignores_is_refused_in_one_line(tmp_path, run_module, command, args,
@@ -264,6 +265,18 @@ def test_a_flag_the_mode_ignores_is_refused_in_one_line(tmp_path, run_module, co
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"Error: {refused} would be ignored"), last
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("arg",
+                         ["--test_examples=100", "--validation_examples=100", "--stratify_bins=4"])
+def test_each_flag_the_default_mode_ignores_is_refused(parse, arg):
+  """In-process, every flag of the defaults' ignored settings (the command-line test
+  above runs one end to end)."""
+  from absl import app
+
+  values = parse(arg)
+  with pytest.raises(app.UsageError, match=f"^{arg} would be ignored: "):
+    cli.refuse_ignored_flags(train.config_from_flags(values).ignored_settings(), values)
 
 
 def test_flags_read_in_the_mode_or_left_at_their_default_pass(parse):

@@ -126,10 +126,12 @@ def test_train_refuses_a_folder_it_did_not_create(tmp_path, run_module):
 # --- A run has an identity ---------------------------------------------------------------
 
 
+# One defining flag of each kind end to end; tests/test_train.py checks the comparison
+# itself for every setting in-process.
 @pytest.mark.parametrize("changed, named", [
     ("--learning_rate=0.01", "--learning_rate"),
-    ("--filters=3", "--filters"),
-    ("--data_seed=1", "--data_seed"),
+    pytest.param("--filters=3", "--filters", marks=pytest.mark.slow),
+    pytest.param("--data_seed=1", "--data_seed", marks=pytest.mark.slow),
 ])
 def test_rerun_with_other_defining_flags_is_refused(run_module, finished_run, changed, named):
   before = _snapshot_of(finished_run)
@@ -270,12 +272,15 @@ def _break(folder, field, how):
   return os.path.basename(path)
 
 
+# Each check has its in-process test in tests/test_snapshot.py; end to end, the default
+# run keeps the cases where the command itself could go wrong (a FIFO could hang it, a
+# sparse file could exhaust its memory) and one plain case.
 @pytest.mark.parametrize("field, how, message", [
     ("rho", "missing", "rho"),
-    ("rho", "nan", "NaN"),
-    ("n_src", "wrong_shape", "shape"),
-    ("rho", "pickled", "object"),
-    ("rho", "text", "not a NumPy .npy file"),
+    pytest.param("rho", "nan", "NaN", marks=pytest.mark.slow),
+    pytest.param("n_src", "wrong_shape", "shape", marks=pytest.mark.slow),
+    pytest.param("rho", "pickled", "object", marks=pytest.mark.slow),
+    pytest.param("rho", "text", "not a NumPy .npy file", marks=pytest.mark.slow),
     ("n_src", "fifo", "not a regular file"),
     ("rho", "sparse_100gb", "memory"),
 ])
@@ -292,12 +297,14 @@ def test_a_bad_snapshot_file_is_one_line_naming_it(tmp_path, run_module, model_a
   assert not out.exists()
 
 
+# Every check has its in-process test (tests/test_flags.py); end to end, one per kind.
 @pytest.mark.parametrize("flag, message", [
     ("--learning_rate=inf", "--learning_rate must be a finite number > 0"),
-    ("--learning_rate=-0.001", "--learning_rate must be a finite number > 0"),
+    pytest.param("--learning_rate=-0.001", "--learning_rate must be a finite number > 0",
+                 marks=pytest.mark.slow),
     ("--seed=-1", "--seed must be >= 0"),
-    ("--stratify_bins=-2", "--stratify_bins"),
-    ("--time_budget_minutes=nan", "--time_budget_minutes"),
+    pytest.param("--stratify_bins=-2", "--stratify_bins", marks=pytest.mark.slow),
+    pytest.param("--time_budget_minutes=nan", "--time_budget_minutes", marks=pytest.mark.slow),
 ])
 def test_bad_flag_values_fail_before_anything_is_written(tmp_path, run_module, flag, message):
   workdir = tmp_path / "run"
