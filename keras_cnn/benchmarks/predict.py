@@ -2,6 +2,8 @@
 
   python -m keras_cnn.benchmarks.predict                       # both networks, 128^3 + 256^3
   python -m keras_cnn.benchmarks.predict --networks=default --full_boxes=
+  python -m keras_cnn.benchmarks.predict --networks=week2_valid --week2_box=64 \
+      --week2_memory_budget_gb=8 --full_boxes=128 --full_box_network=week2_valid
 
 Prints one JSON object per (network, engine) with the keys `network` ("default": the
 model of flags/default.flags, the CPU preset; "week2_valid": that of
@@ -11,7 +13,7 @@ flags/week2_valid.flags, r=24, k5, 128 filters, pooling 2, 'valid'), `engine`
 over a float32 4096^2 matmul's FLOP/s, measured in the same run; the dense engine's
 halo work is not counted as useful) and, on the dense lines, `speedup` over the
 per-voxel line of the same network. Then one line per full box (`full_box`: side)
-with the default network through the dense engine, run in its own process:
+with the `--full_box_network` through the dense engine, run in its own process:
 `wall_s`, `peak_rss_mb`, `fields_mb` (the two input fields) and
 `rss_over_fields_plus_2gb` (peak RSS / (3 x fields + 2 GB); <= 1 is the target).
 
@@ -44,8 +46,12 @@ def define_flags() -> None:
   flags.DEFINE_list("networks", list(NETWORKS), f"Networks to measure, of {list(NETWORKS)}.")
   flags.DEFINE_list(
       "full_boxes", ["128", "256"],
-      "Sides of the full boxes painted with the default network (own process "
+      "Sides of the full boxes painted with --full_box_network (own process "
       "each, for its peak RSS); empty for none.")
+  flags.DEFINE_enum("full_box_network", "default", list(NETWORKS),
+                    "Network that paints the full boxes.")
+  flags.DEFINE_integer("week2_box", DENSE_BOX["week2_valid"],
+                       "Box side of week2_valid's dense rate (larger boxes allow larger tiles).")
   flags.DEFINE_float("memory_budget_gb", 1.5, "Dense engine memory budget (tile size).")
   flags.DEFINE_float("week2_memory_budget_gb", 4.0,
                      "Dense engine memory budget for week2_valid (128 filters).")
@@ -99,12 +105,17 @@ def _per_voxel_rate(model, radius: int, count: int, batch: int) -> float:
   return count / (time.perf_counter() - t0)
 
 
-def _full_box(side: int, budget: float) -> dict:
-  """Paints one random box of `side`^3 with the default network (in a child process)."""
+def _budget(network: str) -> float:
+  return FLAGS.week2_memory_budget_gb if network == "week2_valid" else FLAGS.memory_budget_gb
+
+
+def _full_box(side: int, network: str) -> dict:
+  """Paints one random box of `side`^3 with `network` (in a child process)."""
   from keras_cnn import inference
   from keras_cnn.model import build_model
 
-  model = build_model(_config("default"))
+  budget = _budget(network)
+  model = build_model(_config(network))
   n_igm, n_src = _random_fields(side)
   t0 = time.perf_counter()
   inference.predict_volume_dense(model, n_igm, n_src, memory_budget_gb=budget, progress=False)
@@ -113,7 +124,7 @@ def _full_box(side: int, budget: float) -> dict:
   fields_mb = (n_igm.nbytes + n_src.nbytes) / 2 ** 20
   return {
       "full_box": side,
-      "network": "default",
+      "network": network,
       "engine": "dense",
       "memory_budget_gb": budget,
       "wall_s": round(wall, 2),
@@ -128,7 +139,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.full_box_child:
-    print(json.dumps(_full_box(FLAGS.full_box_child, FLAGS.memory_budget_gb)), flush=True)
+    print(json.dumps(_full_box(FLAGS.full_box_child, FLAGS.full_box_network)), flush=True)
     return
   unknown = sorted(set(FLAGS.networks) - set(NETWORKS))
   if unknown:
@@ -145,8 +156,9 @@ def main(argv) -> None:
     model = build_model(config)
     count, batch = PER_VOXEL_SAMPLE[network]
     per_voxel = _per_voxel_rate(model, config.radius, count, batch)
-    budget = FLAGS.week2_memory_budget_gb if network == "week2_valid" else FLAGS.memory_budget_gb
-    dense_rate = _dense_rate(model, DENSE_BOX[network], budget)
+    budget = _budget(network)
+    box = FLAGS.week2_box if network == "week2_valid" else DENSE_BOX[network]
+    dense_rate = _dense_rate(model, box, budget)
     for engine, rate, work in (("per_voxel", per_voxel, flops.per_voxel_flops(config)),
                                ("dense", dense_rate, flops.dense_flops_per_voxel(config))):
       line = {
@@ -159,13 +171,14 @@ def main(argv) -> None:
           "matmul_fraction": round(work * rate / (matmul_gflops * 1e9), 4)
       }
       if engine == "dense":
-        line.update(speedup=round(dense_rate / per_voxel, 1), box=DENSE_BOX[network],
-                    memory_budget_gb=budget)
+        line.update(speedup=round(dense_rate / per_voxel, 1), box=box, memory_budget_gb=budget)
       print(json.dumps(line), flush=True)
   for side in FLAGS.full_boxes:
     proc = subprocess.run([
         sys.executable, "-m", "keras_cnn.benchmarks.predict", f"--full_box_child={side}",
-        f"--memory_budget_gb={FLAGS.memory_budget_gb}"
+        f"--memory_budget_gb={FLAGS.memory_budget_gb}",
+        f"--week2_memory_budget_gb={FLAGS.week2_memory_budget_gb}",
+        f"--full_box_network={FLAGS.full_box_network}"
     ], capture_output=True, text=True, env={
         **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"
     }, check=False)
