@@ -32,6 +32,24 @@ def refuse_ignored_flags(ignored: Dict[str, str], flag_values=FLAGS) -> None:
       raise app.UsageError(f"--{name}={flag.value} would be ignored: {why}; leave it out")
 
 
+def check_train_config(config, workdir: Optional[str] = None, flag_values=FLAGS) -> None:
+  """Stops a training command (train, tune, benchmarks.learning_curve) before it writes
+  anything, with app.UsageError: a flag that `config` (a `TrainConfig`) would ignore, a
+  `workdir` that is a file, or network sizes that cannot build."""
+  from absl import app
+
+  from keras_cnn import model as model_lib
+
+  refuse_ignored_flags(config.ignored_settings(), flag_values)
+  if workdir and os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir} is a file, not a folder; choose a new or "
+                         "empty folder")
+  try:  # sizes that cannot build fail here, in one line, before a workdir exists
+    model_lib.validate_config(config.model)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
+
+
 def require_flags(*names: str, flag_values=FLAGS) -> None:
   """Raises app.UsageError naming every flag of `names` that has no value."""
   from absl import app

@@ -5,7 +5,6 @@ This file is intentionally kept short: it turns flags into a `TrainConfig` and c
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -13,7 +12,6 @@ from absl import logging
 
 from keras_cnn import cli
 from keras_cnn import cli_flags
-from keras_cnn import model as model_lib
 from keras_cnn import training
 
 FLAGS = flags.FLAGS
@@ -29,14 +27,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   config = config_from_flags()
-  cli.refuse_ignored_flags(config.ignored_settings())
-  if os.path.lexists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    raise app.UsageError(f"--workdir={FLAGS.workdir} is a file, not a folder; choose a new or "
-                         "empty folder")
-  try:  # sizes that cannot build fail here, in one line, before a workdir exists
-    model_lib.validate_config(config.model)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
+  cli.check_train_config(config, FLAGS.workdir)
   # flags.txt works as --flagfile to rerun the same training.
   flags_text = cli_flags.train_flags_text()
   finished = training.is_finished(FLAGS.workdir)

@@ -18,7 +18,6 @@ from absl import logging
 from keras_cnn import cli
 from keras_cnn import cli_flags
 from keras_cnn import config
-from keras_cnn import model as model_lib
 from keras_cnn import tuning
 
 FLAGS = flags.FLAGS
@@ -39,12 +38,8 @@ def main(argv):
                          f"{', '.join(tuning.LEVERS)}")
   logging.set_verbosity(logging.INFO)
   base = cli_flags.train_config_from_flags()
-  cli.refuse_ignored_flags(base.ignored_settings())
+  cli.check_train_config(base, FLAGS.workdir)
   settings = cli_flags.config_from_flags(config.TuneConfig)
-  try:
-    model_lib.validate_config(base.model)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
   rows = tuning.search(base, FLAGS.workdir, settings.max_trials, settings.trial_minutes,
                        levers=list(settings.search), tuner=settings.tuner, seed=settings.tuner_seed)
   print(json.dumps({"best": rows[0] if rows else None, "trials": len(rows)}))

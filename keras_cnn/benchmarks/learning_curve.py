@@ -56,10 +56,11 @@ def snapshot_path(curve_dir: str, mark: float) -> str:
 
 
 def _copy(source: str, target: str) -> None:
-  """Copies under a temporary name first: `target` is either complete or absent."""
-  tmp = f"{target}.{os.getpid()}.tmp.keras"
-  shutil.copyfile(source, tmp)
-  os.replace(tmp, target)
+  """Copies atomically (`io_utils.atomic_open`): `target` is either complete or absent."""
+  from keras_cnn import io_utils
+
+  with open(source, "rb") as stream, io_utils.atomic_open(target) as out:
+    shutil.copyfileobj(stream, out)
 
 
 def keep_at_marks(best_path: str, curve_dir: str, marks):
@@ -140,15 +141,10 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   from keras_cnn import conventions
   from keras_cnn import inference
-  from keras_cnn import model as model_lib
   from keras_cnn import training
 
   config = dataclasses.replace(cli_flags.train_config_from_flags(), time_budget_minutes=marks[-1])
-  cli.refuse_ignored_flags(config.ignored_settings())
-  try:
-    model_lib.validate_config(config.model)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from error
+  cli.check_train_config(config, FLAGS.workdir)
   curve_dir = FLAGS.workdir
   run_dir = os.path.join(curve_dir, RUN_DIR)
   if not training.is_finished(run_dir):
