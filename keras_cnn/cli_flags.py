@@ -80,6 +80,9 @@ _KINDS: Dict[str, tuple] = {
     "float_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
         name, None if default is None else [str(v) for v in default], help, **kw),
                    lambda v: tuple(float(s) for s in v) if v else None),
+    # A list that may be empty (an empty flag value: no item), never None.
+    "float_tuple": (lambda name, default, help, f, kw: flags.DEFINE_list(
+        name, [str(v) for v in default], help, **kw), lambda v: tuple(float(s) for s in v or ())),
     "str_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
         name, None if default is None else list(default), help, **kw), _optional_tuple),
     "redshift": (lambda name, default, help, f, kw: flags.DEFINE(

@@ -44,10 +44,13 @@ FUSIONS = ("late", "early", "every")
 # The settings a search can vary, in the order of `keras_cnn.tuning.LEVERS`.
 SEARCHABLE = ("learning_rate", "lr_schedule", "loss", "batch_size", "patch_size", "dropout",
               "block_filters", "block_strides", "dense_units", "radius", "source_transform",
-              "fusion")
+              "fusion", "excursion_radii")
 DEFAULT_SEARCH = ("learning_rate", "dropout", "block_filters", "dense_units", "loss")
 
 BLOCKS = 3  # conv blocks per branch
+# Sphere radii (cells) of the excursion-set features of the CPU default.
+EXCURSION_RADII = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.5, 11.0, 13.0,
+                   15.0)
 TRAIN_BATCH_SIZE = {"patch": 4, "voxel": 64}  # patches, or crops, per training batch
 APPLY_BATCH_SIZE = 256  # crops per batch of the per-voxel engine (evaluate, predict)
 DEFAULT_SCHEDULER = "none"  # predict paints in its own process (keras_cnn.scale)
@@ -62,6 +65,11 @@ class Check(NamedTuple):
 
 def at_least(low) -> Check:
   return Check(lambda v: v >= low, f"must be >= {low}")
+
+
+def _radii() -> Check:
+  return Check(lambda v: all(float(u) >= 0 for u in v) and len(set(v)) == len(v),
+               "needs distinct numbers >= 0, comma separated, or nothing")
 
 
 POSITIVE = at_least(1)
@@ -176,6 +184,13 @@ class ModelConfig:
       "compares sums of sources with sums of hydrogen over the same spheres). every: each "
       "block's input holds both branches' features (later blocks cost twice the FLOPs).",
       choices=FUSIONS)
+  # A finer grid of radii at small R, where a bubble's edge is decided.
+  excursion_radii: Sequence[float] = setting(
+      EXCURSION_RADII, "Radii (cells) of spheres around the voxel over which the head also "
+      "sees the log of the mean density and of the mean sources (and their largest "
+      "difference): the sums an excursion-set criterion compares, at full resolution. Radii "
+      "above --radius are left out. Empty: none (the original network).", checks=[_radii()],
+      kind="float_tuple")
 
   @property
   def crop_size(self) -> int:
@@ -184,6 +199,10 @@ class ModelConfig:
   def filters_per_block(self) -> Tuple[int, ...]:
     """Conv3D filters of blocks 1, 2, 3 (both branches)."""
     return tuple(int(f) for f in self.block_filters) or (self.filters,) * BLOCKS
+
+  def spheres(self) -> Tuple[float, ...]:
+    """The radii of `excursion_radii` the crop holds (those <= `radius`)."""
+    return tuple(float(r) for r in self.excursion_radii if float(r) <= self.radius)
 
   def strides_per_block(self) -> Tuple[int, ...]:
     """Conv3D strides of blocks 1, 2, 3 (both branches)."""

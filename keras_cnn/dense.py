@@ -165,6 +165,16 @@ class DenseTwin(keras.Model):
     self.head_channels = int(per_voxel.get_layer("concatenate").output.shape[-1])
     self.head_units = int(dense.units)
     self.conditioning = conditioning.of_model(per_voxel)
+    # Width of the excursion-set features (`ModelConfig.excursion_radii`): the rows of
+    # `dense`'s kernel after the flattened feature maps (the condition's row follows);
+    # 0 without them.
+    self.excursion = (per_voxel.get_layer(model_lib.EXCURSION_LAYER).width
+                      if model_lib.EXCURSION_LAYER in names else 0)
+    # Their own path to the logit (`keras_cnn.model.excursion_path`), in order.
+    self.excursion_layers = [
+        layer for layer in per_voxel.layers
+        if layer.name.startswith("excursion_") and layer.name != model_lib.EXCURSION_LAYER
+    ]
     # Head layers after `dense`, in order.
     self.head_layers: List[keras.layers.Layer] = []
     seen_dense = False
@@ -172,8 +182,10 @@ class DenseTwin(keras.Model):
       if layer.name == "dense":
         seen_dense = True
         continue
-      if not seen_dense or layer.name == "x_hii":
+      if not seen_dense or layer.name == "x_hii" or layer.name.startswith("excursion_"):
         continue
+      if layer.name in (model_lib.EXCURSION_ADD, model_lib.EXCURSION_SIGMOID):
+        continue  # `call` adds the excursion path's logit itself
       self.head_layers.append(layer)
     self.built = True  # every variable is the per-voxel model's, already built
     # Inputs pass as they come: each layer of the per-voxel model casts them to its own
@@ -232,21 +244,55 @@ class DenseTwin(keras.Model):
     if self.conditioning != "none":
       # The condition's rows of `dense`: one shift of the pre-activation per box.
       condition = self._layer(conditioning.LAYER_NAME)(inputs[conditioning.INPUT_NAME])
-      shift = ops.matmul(ops.cast(condition, x.dtype), weights[flat_rows:])
+      shift = ops.matmul(ops.cast(condition, x.dtype), weights[flat_rows + self.excursion:])
       # The batch axis holds every phase block of B boxes (`fold_phases`: b innermost).
       phases = int(np.prod([f ** 3 for f in self.folds()]))
       shift = ops.tile(shift, (phases, 1))
       x = x + ops.reshape(shift, (-1, 1, 1, 1, self.head_units))
+    if self.excursion:
+      features = self._excursion(igm, src, x)
+      x = x + self._per_position(features, weights[flat_rows:flat_rows + self.excursion], x.dtype)
     for layer in self.head_layers:
       if isinstance(layer, keras.layers.Dropout):
         x = layer(x, training=training)
       else:
         x = layer(x)
+    if self.excursion:
+      logit = features
+      for layer in self.excursion_layers:
+        logit = layer(logit)
+      x = self._layer(model_lib.EXCURSION_SIGMOID)(ops.cast(x, "float32") +
+                                                   ops.cast(logit, "float32"))
     x = ops.cast(x, "float32")
     for factor in reversed(self.folds()):
       x = unfold_phases(x, factor)
     x = x[:, :out_sides[0], :out_sides[1], :out_sides[2], :]
     return ops.reshape(x, (-1, 1)) if self.flat_output else x
+
+  def _per_position(self, features, rows, dtype):
+    """features (B', h1, h2, h3, F) times rows (F, units), position by position."""
+    sides = tuple(int(n) for n in features.shape[1:4])
+    out = ops.matmul(ops.reshape(ops.cast(features, dtype), (-1, int(features.shape[-1]))),
+                     ops.cast(rows, dtype))
+    return ops.reshape(out, (-1,) + sides + (int(rows.shape[-1]),))
+
+  def _excursion(self, igm, src, x):
+    """The standardized excursion-set features at every position of the head's output
+    x, in its folded layout: (B', h1, h2, h3, width), float32."""
+    features = self._layer(model_lib.EXCURSION_LAYER).tile(igm,
+                                                           self._layer("input_domain")(src),
+                                                           self.radius)
+    shape = tuple(int(n) for n in features.shape[1:])
+    features = self._layer(model_lib.EXCURSION_NORM)(ops.reshape(features, (-1, shape[-1])))
+    features = ops.reshape(features, (-1,) + shape)
+    # Pad to the head's unfolded sides, then fold the phases as the branches did.
+    total = int(np.prod(self.folds()))
+    sides = [int(n) * total for n in x.shape[1:4]]
+    extra = [[0, side - int(n)] for side, n in zip(sides, features.shape[1:4])]
+    features = ops.pad(features, [[0, 0]] + extra + [[0, 0]])
+    for factor in self.folds():
+      features = fold_phases(features, factor)
+    return features
 
   def compute_output_shape(self, input_shape):
     shape = input_shape["n_igm"]

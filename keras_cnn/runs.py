@@ -34,6 +34,7 @@ IMPLIED = {
     "block_strides": [],
     "box_size_mpc": None,
     "ema_momentum": 0.0,
+    "excursion_radii": [],
     "fusion": "late",
     "conditioning": "none",
     "data_format": "auto",

@@ -412,11 +412,18 @@ def _fit(config: TrainConfig, workdir: str, splits, history, start_epoch: int, p
                                    num_examples=config.validation_examples,
                                    conditions=conditions["validation"])
 
+  source_mean = excursion_stats = None  # the excursion-set features' source unit, statistics
+  if config.model.spheres():
+    source_mean = splits_lib.normalization_stats(splits["train"], "none")[1][0]
+    excursion_stats = model_lib.training_excursion_stats(splits["train"].fields,
+                                                         config.model.spheres(), radius,
+                                                         source_mean, splits["train"].region)
   jit_compile = resolve_jit_compile(config.jit_compile)
   with distribute.distribution_scope(config.distribution) as info:
     distribute.check_global_batch(config.batch_size, info)
     model = model_lib.build_model(config.model, igm_stats, src_stats, domain=record,
-                                  condition_stats=condition_stats)
+                                  condition_stats=condition_stats, source_mean=source_mean,
+                                  excursion_stats=excursion_stats)
     fitted = dense.DenseTwin(model, flat_output=True) if patches else model
     compile_model(fitted, config.learning_rate, jit_compile, config.loss, config.ema_momentum)
   logging.info("Backend %s, %d replica(s), precision %s, jit_compile=%s, training on %s.",

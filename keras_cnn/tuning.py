@@ -45,6 +45,10 @@ def _ints(text: str) -> Tuple[int, ...]:
   return tuple(int(v) for v in text.split(","))
 
 
+def _floats_or_none(text: str) -> Tuple[float, ...]:
+  return () if text == "none" else tuple(float(v) for v in text.split(","))
+
+
 def _model(**fields) -> Callable:
   """A setter of ModelConfig fields from one choice (parsed by the field's parser)."""
 
@@ -92,6 +96,10 @@ LEVERS: Dict[str, Lever] = {
     "source_transform": Lever(("none", "log1p"), _model(source_transform=str),
                               "source input transform"),
     "fusion": Lever(config_lib.FUSIONS, _model(fusion=str), "where the two branches meet"),
+    # Radii up to 11 fit every crop radius above.
+    "excursion_radii": Lever(("none", "0,1,2,3,4,6,8,11", "0,1,1.5,2,2.5,3,3.5,4,5,6,7,8,9.5,11"),
+                             _model(excursion_radii=_floats_or_none),
+                             "sphere radii of the excursion-set features"),
 }
 DEFAULT_SEARCH = config_lib.DEFAULT_SEARCH
 

@@ -27,6 +27,11 @@ EXACTNESS_CASES = [
     (dict(radius=7, kernel_size=3, filters=3, stride_conv=2, fusion="early"), (6, 7, 5)),
     (dict(radius=11, kernel_size=3, block_filters=(2, 3, 2), kernel_pooling=2,
           fusion="every"), (5, 6, 4)),
+    # The head also sees the excursion-set features: with strides, and with pooling.
+    (dict(radius=7, kernel_size=3, filters=3, stride_conv=2, fusion="early",
+          excursion_radii=(0, 2, 7)), (6, 7, 5)),
+    (dict(radius=11, kernel_size=3, filters=2, kernel_pooling=2,
+          excursion_radii=(11, 1, 4)), (5, 6, 4)),
 ]
 
 
@@ -78,7 +83,9 @@ def random_valid_model(sizes, n_igm, n_src, seed=0):
   # pre-activations have mean 0 and, together, std 1 on these crops. Its small widths
   # would otherwise shrink the signal (not the round-off) on its way to the logits; the
   # last layer's logits end with mean 0 and std 1, spanning the sigmoid.
-  features = keras.Model(model.inputs, model.get_layer("dropout").output)
+  names = [layer.name for layer in model.layers]
+  head_input = "concatenate_excursion" if "concatenate_excursion" in names else "dropout"
+  features = keras.Model(model.inputs, model.get_layer(head_input).output)
   x = np.asarray(features.predict(crops, verbose=0), np.float64)
   n_dense = len(config.dense_units) + len(config.tail_units) + 1
   for i in range(n_dense):

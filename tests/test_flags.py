@@ -43,7 +43,8 @@ def test_default_preset_file_equals_the_defaults(parse):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_parses_and_builds_the_two_branch_network(parse, preset):
   """Every flagfile in flags/ is a complete train command: it parses, its settings pass
-  the model's own checks, and it builds the network with the original layer counts."""
+  the model's own checks, and it builds the network with the original layer counts (and
+  the three Dense layers of the excursion-set features' own path where it has them)."""
   config = train.config_from_flags(parse(f"--flagfile={os.path.join(PRESETS_DIR, preset)}"))
   model_lib.validate_config(config.model)
   model = model_lib.build_model(config.model)
@@ -55,7 +56,7 @@ def test_every_preset_parses_and_builds_the_two_branch_network(parse, preset):
       "Conv3D": 6,
       "BatchNormalization": 6,
       "AveragePooling3D": 6,
-      "Dense": 8,
+      "Dense": 8 + (len(model_lib.EXCURSION_UNITS) + 1 if config.model.spheres() else 0),
       "Dropout": 6
   }
   side = config.model.crop_size

@@ -17,6 +17,7 @@ CONFIGS = {
                                              kernel_pooling=2, padding="same"),
     "early_fusion": model_lib.ModelConfig(fusion="early"),
     "every_fusion": model_lib.ModelConfig(block_filters=(8, 16, 16), fusion="every"),
+    "excursion": model_lib.ModelConfig(excursion_radii=(0, 1, 2.5, 15)),
 }
 
 
@@ -83,7 +84,7 @@ def test_pytorch_baseline_is_the_same_network_at_a_presets_sizes(name):
   torch = pytest.importorskip("torch")
   from keras_cnn.benchmarks import torch_reference
 
-  config = dataclasses.replace(CONFIGS[name], padding="same", fusion="late")
+  config = dataclasses.replace(CONFIGS[name], padding="same", fusion="late", excursion_radii=())
   net = torch_reference.build_original_pytorch(config.radius, config.filters, config.kernel_size,
                                                config.stride_conv, config.kernel_pooling)
   model = model_lib.build_model(config)

@@ -124,6 +124,8 @@ FAILING_CASES = [
     (dict(dropout_input=1.0), "--dropout_input must be in [0, 1)"),
     (dict(dense_units=(8, 8)), "--dense_units needs 5 positive widths"),
     (dict(source_transform="sqrt"), "--source_transform must be one of"),
+    (dict(excursion_radii=(0, -1)), "--excursion_radii needs distinct radii >= 0"),
+    (dict(excursion_radii=(2, 2)), "--excursion_radii needs distinct radii"),
 ]
 
 
@@ -156,6 +158,57 @@ def test_normalization_travels_in_the_saved_file(tmp_path):
   assert loaded.get_layer("source_transform").kind == "log1p"
   pred = loaded.predict(x, verbose=0)
   assert pred.shape == (3, 1) and np.all((pred >= 0) & (pred <= 1))
+
+
+def test_excursion_kernels_are_symmetric_spheres_of_the_given_radius():
+  kernels = model_lib.excursion_kernels([0.0, 1.5, 4.0, 6.0], crop_radius=6)
+  assert kernels.shape == (4, 13, 13, 13)
+  np.testing.assert_allclose(kernels.sum(axis=(1, 2, 3)), 1.0, rtol=1e-12)
+  assert kernels[0, 6, 6, 6] == 1.0  # radius 0: the cell itself
+  offsets = np.arange(-6, 7)
+  distance = np.sqrt(offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 +
+                     offsets[None, None, :] ** 2)
+  for kernel, radius in zip(kernels[1:], (1.5, 4.0, 6.0)):
+    for axes in ((0, 1, 2), (1, 0, 2), (2, 1, 0)):  # the cube symmetries
+      np.testing.assert_allclose(np.transpose(kernel, axes), kernel, atol=1e-12)
+      np.testing.assert_allclose(np.flip(kernel, axes[0]), kernel, atol=1e-12)
+    assert kernel[distance > radius + 1].sum() == 0.0
+    assert kernel[distance <= radius + 0.5].sum() > 0.9  # a sphere, not a cube
+    volume = (distance <= radius).sum()
+    assert 0.5 * volume < 1.0 / np.square(kernel).sum() < 2.0 * volume  # cells it averages
+
+
+def test_excursion_features_see_the_spheres_and_travel_in_the_saved_file(tmp_path):
+  config = ModelConfig(radius=3, kernel_size=3, filters=2, stride_conv=1, kernel_pooling=1,
+                       excursion_radii=(0, 1, 3))
+  model = build_model(config, source_mean=0.5)
+  x = _tiny_inputs(7)
+  x["n_igm"] = np.abs(x["n_igm"]) - 0.5  # overdensities above -1
+  layer = model.get_layer("excursion_set")
+  got = keras.ops.convert_to_numpy(layer([x["n_igm"], x["n_src"]]))
+  assert got.shape == (3, 7)
+  # Radius 0 is the voxel itself; the last feature is the largest log-ratio.
+  np.testing.assert_allclose(got[:, 0], np.log(1.0 + x["n_igm"][:, 3, 3, 3, 0]), rtol=1e-5)
+  np.testing.assert_allclose(got[:, 3], np.log(x["n_src"][:, 3, 3, 3, 0] / 0.5 + 1e-2), rtol=1e-5)
+  np.testing.assert_allclose(got[:, 6], (got[:, 3:6] - got[:, 0:3]).max(axis=1), rtol=1e-6)
+  # A uniform box has the same mean over every sphere.
+  uniform = [np.full((2, 7, 7, 7, 1), 0.3, np.float32), np.full((2, 7, 7, 7, 1), 2.0, np.float32)]
+  flat = keras.ops.convert_to_numpy(layer(uniform))
+  np.testing.assert_allclose(flat[:, :3], np.log(1.3), rtol=1e-5)
+  np.testing.assert_allclose(flat[:, 3:6], np.log(4.0 + 1e-2), rtol=1e-5)
+  # The features reach the output: the head's rows for them move the prediction.
+  dense = model.get_layer("dense")
+  kernel = keras.ops.convert_to_numpy(dense.kernel)
+  before = model.predict(x, verbose=0)
+  kernel[-7:] *= 5.0
+  dense.kernel.assign(kernel)
+  after = model.predict(x, verbose=0)
+  assert np.abs(after - before).max() > 1e-4
+  path = tmp_path / "m.keras"
+  model.save(path)
+  loaded = keras.saving.load_model(path, safe_mode=True)
+  assert loaded.get_layer("excursion_set").get_config()["source_mean"] == 0.5
+  np.testing.assert_array_equal(after, loaded.predict(x, verbose=0))
 
 
 def test_source_transform_matches_numpy_twin():

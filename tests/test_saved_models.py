@@ -65,7 +65,7 @@ print([name for name in heavy if name in sys.modules])
                           })
   assert result.returncode == 0, result.stderr[-2000:]
   described, heavy_loaded = result.stdout.strip().splitlines()[-2:]
-  assert described == "none 295233"
+  assert described == "none 316354"
   assert heavy_loaded == "[]"
 
 

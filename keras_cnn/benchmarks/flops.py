@@ -85,6 +85,18 @@ def _input_channels(config: model_lib.ModelConfig) -> list:
   return channels
 
 
+def _excursion_head_flops(config: model_lib.ModelConfig) -> float:
+  """The excursion-set features' rows of `dense` and their own path
+  (`keras_cnn.model.excursion_path`); 0 without them. Their sphere means are not counted:
+  a matrix product with the crop per voxel, an FFT of the tile in the dense twin."""
+  if not config.spheres():
+    return 0.0
+  width = 2 * len(config.spheres()) + 1
+  units = (width,) + tuple(model_lib.EXCURSION_UNITS) + (1,)
+  path = sum(a * b for a, b in zip(units[:-1], units[1:]))
+  return 2.0 * (width * config.dense_units[0] + path)
+
+
 def per_voxel_flops(config: model_lib.ModelConfig) -> float:
   """Forward FLOPs of one voxel through the per-voxel model (every tap counted)."""
   conv = 0.0
@@ -92,7 +104,8 @@ def per_voxel_flops(config: model_lib.ModelConfig) -> float:
                                  config.filters_per_block()):
     conv += 2.0 * c_in * filters * config.kernel_size ** 3 * side ** 3
   width = model_lib.flattened_width(config)
-  return 2 * conv + _head_flops(width, config.dense_units, config.tail_units)
+  return (2 * conv + _head_flops(width, config.dense_units, config.tail_units) +
+          _excursion_head_flops(config))
 
 
 def dense_flops_per_voxel(config: model_lib.ModelConfig) -> float:
@@ -105,7 +118,7 @@ def dense_flops_per_voxel(config: model_lib.ModelConfig) -> float:
   for c_in, filters in zip(_input_channels(config), config.filters_per_block()):
     conv += 2.0 * c_in * filters * config.kernel_size ** 3
   return 2 * conv + _head_flops(model_lib.flattened_width(config), config.dense_units,
-                                config.tail_units)
+                                config.tail_units) + _excursion_head_flops(config)
 
 
 def best_gflops(matmul, reps: int = 3) -> float:
