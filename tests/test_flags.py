@@ -290,3 +290,13 @@ def test_flags_read_in_the_mode_or_left_at_their_default_pass(parse):
     cli.refuse_ignored_flags(train.config_from_flags(values).ignored_settings(), values)
   values = parse("--padding=same", "--train_unit=voxel", "--test_examples=100")
   assert train.config_from_flags(values).test_examples == 100
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_benchmarks_read_each_preset_as_train_does(parse, preset):
+  """The benchmarks time the network a preset trains (lists of floats included)."""
+  from keras_cnn import benchmarks
+
+  path = os.path.join(PRESETS_DIR, preset)
+  config = train.config_from_flags(parse(f"--flagfile={path}"))
+  assert benchmarks.preset_model_config(benchmarks.preset_settings(path)) == config.model

@@ -52,6 +52,7 @@ def preset_settings(path: str) -> dict:
 def preset_model_config(settings: dict):
   """The ModelConfig a preset's model flags describe (other flags are ignored)."""
   import dataclasses
+  import typing
 
   from keras_cnn import model as model_lib
 
@@ -62,7 +63,8 @@ def preset_model_config(settings: dict):
     text = settings[field.name]
     default = getattr(model_lib.ModelConfig(), field.name)
     if isinstance(default, tuple):
-      values[field.name] = tuple(int(v) for v in text.split(",") if v)
+      item = (typing.get_args(field.type) or (int,))[0]  # Sequence[int] or Sequence[float]
+      values[field.name] = tuple(item(v) for v in text.split(",") if v)
     else:
       values[field.name] = type(default)(text)
   return model_lib.ModelConfig(**values)
