@@ -82,7 +82,7 @@ _KINDS: Dict[str, tuple] = {
                    lambda v: tuple(float(s) for s in v) if v else None),
     # A list that may be empty (an empty flag value: no item), never None.
     "float_tuple": (lambda name, default, help, f, kw: flags.DEFINE_list(
-        name, [str(v) for v in default], help, **kw), lambda v: tuple(float(s) for s in v or ())),
+        name, list(map(str, default)), help, **kw), lambda v: tuple(map(float, v or ()))),
     "str_list": (lambda name, default, help, f, kw: flags.DEFINE_list(
         name, None if default is None else list(default), help, **kw), _optional_tuple),
     "redshift": (lambda name, default, help, f, kw: flags.DEFINE(
