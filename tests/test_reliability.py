@@ -29,7 +29,7 @@ from helpers import REPO, REDSHIFT, tiny_snapshot
 TINY_RUN = ("--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
             "--stride_conv=1", "--padding=same", "--train_unit=voxel", "--epochs=2",
             "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
-            "--test_examples=16", "--time_budget_minutes=0")
+            "--test_examples=16", "--time_budget_minutes=0", "--excursion_radii=")
 
 
 def _one_line_error(result, *fragments):
