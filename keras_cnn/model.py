@@ -217,6 +217,7 @@ class ExcursionFeatures(keras.layers.Layer):
     super().__init__(**kwargs)
     self.radii = [float(r) for r in radii]
     self.source_mean = float(source_mean)
+    self._kernels = {}  # per crop radius: `excursion_kernels`, computed once
     self._spectra = {}
 
   @property
@@ -229,10 +230,16 @@ class ExcursionFeatures(keras.layers.Layer):
     largest = ops.max(sources - density, axis=-1, keepdims=True)
     return ops.concatenate([density, sources, largest], axis=-1)
 
+  def kernels(self, radius: int) -> np.ndarray:
+    """`excursion_kernels` of this layer's radii for crops of radius `radius`."""
+    if radius not in self._kernels:
+      self._kernels[radius] = excursion_kernels(self.radii, radius)
+    return self._kernels[radius]
+
   def call(self, inputs):
     igm, src = (ops.cast(x, self.compute_dtype) for x in inputs)
     radius = (int(igm.shape[1]) - 1) // 2
-    kernels = excursion_kernels(self.radii, radius).reshape(len(self.radii), -1).T
+    kernels = self.kernels(radius).reshape(len(self.radii), -1).T
     kernels = ops.convert_to_tensor(kernels.astype(np.float32))
     cells = (2 * radius + 1) ** 3
     return self._logs(ops.matmul(ops.reshape(igm, (-1, cells)), kernels),
@@ -246,7 +253,7 @@ class ExcursionFeatures(keras.layers.Layer):
       padded = np.zeros((len(self.radii),) + tuple(sides))
       offsets = np.arange(-radius, radius + 1)
       index = np.ix_(*[offsets % n for n in sides])
-      for j, kernel in enumerate(excursion_kernels(self.radii, radius)):
+      for j, kernel in enumerate(self.kernels(radius)):
         padded[j][index] = kernel
       spectrum = np.fft.rfftn(padded, axes=(1, 2, 3)).real
       self._spectra[key] = np.transpose(spectrum, (0, 3, 1, 2))
