@@ -248,6 +248,10 @@ class DataConfig:
   mean_xhii: float = setting(0.5, "Synthetic boxes' mean ionized fraction.",
                              checks=[Check(lambda v: 0.0 < v < 1.0, "must be in (0, 1)")])
   data_seed: int = setting(0, "Seed of the synthetic realizations.", checks=[NON_NEGATIVE])
+  synthetic_train_boxes: int = setting(
+      1, "Built-in simulator: independent realizations in the training split (validation "
+      "and test keep one each; the first training box is the same for every count).",
+      checks=[POSITIVE])
   data_format: str = setting(
       "auto", "Layout of the --data_dir files: auto detects it field by field; npy "
       "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "
@@ -287,9 +291,10 @@ class DataConfig:
     return found
 
 
-# The DataConfig fields that only training reads (whole snapshots of a split's own).
-SPLIT_FIELDS = tuple(
-    f"{split}_{what}" for what in ("redshifts", "dirs") for split in conventions.SPLITS)
+# The DataConfig fields that only training reads (whole snapshots of a split's own, and
+# how many simulator realizations it trains on).
+SPLIT_FIELDS = tuple(f"{split}_{what}" for what in ("redshifts", "dirs")
+                     for split in conventions.SPLITS) + ("synthetic_train_boxes",)
 
 # The --batch_size flag serves every command; its default depends on the command.
 _BATCH_SIZE_HELP = ("Examples per batch (default: train 4 patches or 64 crops, evaluate and "

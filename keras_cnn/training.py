@@ -322,7 +322,8 @@ def load_run_splits(config: TrainConfig) -> dict:
                                   mean_xhii=data.mean_xhii, data_seed=data.data_seed,
                                   data_format=data.data_format, box_size_mpc=data.box_size_mpc,
                                   split_redshifts=data.split_redshifts(),
-                                  split_dirs=data.split_dirs())
+                                  split_dirs=data.split_dirs(),
+                                  synthetic_train_boxes=data.synthetic_train_boxes)
   return splits_lib.for_model(splits, config.model.source_transform)
 
 

@@ -235,3 +235,22 @@ def test_the_built_in_simulator_takes_one_redshift():
   assert splits_lib.load_box(None, 9.0, "synthetic", n_cells=N)[0].redshift == 9.0
   with pytest.raises(errors.UserError, match="one redshift per run"):
     splits_lib.load_splits(None, (9.0, 7.5), "synthetic", RADIUS, n_cells=N)
+
+
+def test_more_simulator_training_boxes_leave_validation_and_test_as_they_were(folders):
+  """--synthetic_train_boxes=3: three independent training realizations, the first the
+  one-box run's; validation and test unchanged. Refused for the user's own snapshots."""
+  one = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N)
+  three = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N,
+                                 synthetic_train_boxes=3)
+  boxes = [s.n_igm for s in three["train"].snapshots]
+  assert len(boxes) == 3 and three["train"].region is None
+  assert (boxes[0] == one["train"].snapshots[0].n_igm).all()
+  assert not (boxes[1] == boxes[0]).all() and not (boxes[2] == boxes[1]).all()
+  for split in ("validation", "test"):
+    assert [s.n_igm.tolist() for s in three[split].snapshots] == [
+        s.n_igm.tolist() for s in one[split].snapshots
+    ]
+  with pytest.raises(errors.UserError, match="--synthetic_train_boxes=2 applies to the "
+                     "built-in simulator only"):
+    splits_lib.load_splits(folders["main"], 8.397, "synthetic", RADIUS, synthetic_train_boxes=2)

@@ -95,7 +95,8 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
                 mean_xhii: float = 0.5, data_seed: int = 0, data_format: str = "auto",
                 box_size_mpc: Optional[float] = None,
                 split_redshifts: Optional[Mapping[str, Sequence[float]]] = None,
-                split_dirs: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, SplitData]:
+                split_dirs: Optional[Mapping[str, Sequence[str]]] = None,
+                synthetic_train_boxes: int = 1) -> Dict[str, SplitData]:
   """Train / validation / test data that share no voxel neighbourhoods.
 
   Args:
@@ -113,6 +114,7 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
     box_size_mpc: C2-Ray source masses in solar masses (see `snapshot_lib.load_snapshot`).
     split_redshifts: {split: redshifts of `data_dir` that are that split's own}.
     split_dirs: {split: folders whose snapshots (picked by `redshift`) are its own}.
+    synthetic_train_boxes: built-in simulator realizations in the training split.
 
   Returns:
     {split: SplitData}. A split's own snapshots are whole boxes (region None), but for
@@ -126,12 +128,19 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
   unknown = sorted((set(split_redshifts) | set(split_dirs)) - set(conventions.SPLITS))
   if unknown:
     raise ValueError(f"unknown split {unknown[0]!r}; expected one of {conventions.SPLITS}")
+  if data_dir or split_redshifts or split_dirs or dataset != SYNTHETIC:
+    if synthetic_train_boxes != 1:
+      raise errors.UserError(
+          f"--synthetic_train_boxes={synthetic_train_boxes} applies to the built-in simulator "
+          "only; with your own snapshots, give the training split more of them "
+          "(--train_dirs or --train_redshifts)")
   if data_dir or split_redshifts or split_dirs:
     return _user_splits(data_dir, redshift, radius, data_format, box_size_mpc, split_redshifts,
                         split_dirs)
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
     splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
+                                       num_train=synthetic_train_boxes,
                                        **_simulator_redshift(redshift))
     for snaps in splits.values():
       for snap in snaps:
