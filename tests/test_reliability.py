@@ -29,7 +29,7 @@ from helpers import REPO, REDSHIFT, tiny_snapshot
 TINY_RUN = ("--n_cells=16", "--radius=2", "--kernel_size=3", "--filters=2", "--kernel_pooling=1",
             "--stride_conv=1", "--padding=same", "--train_unit=voxel", "--epochs=2",
             "--steps_per_epoch=2", "--batch_size=8", "--validation_examples=16",
-            "--test_examples=16", "--time_budget_minutes=0", "--excursion_radii=")
+            "--test_examples=16", "--time_budget_minutes=0")
 
 
 def _one_line_error(result, *fragments):
@@ -480,12 +480,21 @@ def test_an_evaluation_folder_is_finished_by_the_same_command(tmp_path, run_modu
 
 # --- Ctrl-C: one line, exit 130, nothing partial, and the same command goes on ---------------
 
+# Runs `python -m MODULE ARGS` with Python's own Ctrl-C handler, as from a terminal. A shell
+# that starts the tests in the background (`pytest ... &`) starts them with SIGINT ignored,
+# every child inherits that, and Python then leaves Ctrl-C ignored, as it should for a
+# background job.
+_AS_FROM_A_TERMINAL = ("import runpy, signal, sys; "
+                       "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
 
 def _interrupted(module, args, started, timeout=300):
-  """Runs the command, sends SIGINT to its process group once a line containing
-  `started` is printed; returns (exit status, everything it printed)."""
-  proc = _start(module, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True)
+  """Runs the command as from a terminal, sends SIGINT to its process group once a line
+  containing `started` is printed; returns (exit status, everything it printed)."""
+  proc = subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, module, *map(str, args)],
+                          cwd=REPO, env=_env(), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, start_new_session=True)
   printed = []
   try:
     for line in proc.stdout:
