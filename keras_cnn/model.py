@@ -161,6 +161,15 @@ def _float64():
   return contextlib.nullcontext()
 
 
+def _inverse_fft_kept(real, imag, radius: int):
+  """Inverse FFT along the last axis, keeping the entries [radius, n - radius). Keras has
+  only the forward 1-D transform: ifft(z) = conj(fft(conj(z))) / n."""
+  n = int(real.shape[-1])
+  real, imag = ops.fft((real, -imag))
+  keep = slice(radius, n - radius)
+  return real[..., keep] / n, -imag[..., keep] / n
+
+
 def tophat_window(x):
   """Fourier transform of a sphere of unit volume at k * R = x (1 at x = 0)."""
   x = np.asarray(x, np.float64)
@@ -261,17 +270,22 @@ class ExcursionFeatures(keras.layers.Layer):
 
   def _sphere_means(self, field, radius: int):
     """(B, n1, n2, n3, 1) -> (B, n1 - 2r, n2 - 2r, n3 - 2r, len(radii)) by FFT: the tile
-    is not periodic, but the kept voxels' spheres stay inside it, so no wrap reaches them."""
+    is not periodic, but the kept voxels' spheres stay inside it, so no wrap reaches them.
+    The inverse transform runs one axis at a time and drops the halo after each, so the
+    later passes (and the transposes between them) see only the kept voxels' rows."""
     sides = [int(n) for n in field.shape[1:4]]
     x = field[..., 0]
     real, imag = ops.rfft(x)  # along n3
     real, imag = (ops.transpose(t, (0, 3, 1, 2))[:, None] for t in (real, imag))
-    real, imag = ops.fft2((real, imag))  # along n1, n2
+    real, imag = ops.fft2((real, imag))  # along n1, n2: (B, 1, n3 // 2 + 1, n1, n2)
     spectrum = ops.cast(self._spectrum(sides, radius), real.dtype)
-    real, imag = ops.ifft2((real * spectrum, imag * spectrum))
-    real, imag = (ops.transpose(t, (0, 1, 3, 4, 2)) for t in (real, imag))
-    out = ops.irfft((real, imag), fft_length=sides[2])  # (B, radii, n1, n2, n3)
-    out = out[:, :, radius:sides[0] - radius, radius:sides[1] - radius, radius:sides[2] - radius]
+    real, imag = real * spectrum, imag * spectrum  # (B, radii, n3 // 2 + 1, n1, n2)
+    real, imag = _inverse_fft_kept(real, imag, radius)  # along n2
+    real, imag = (ops.transpose(t, (0, 1, 2, 4, 3)) for t in (real, imag))
+    real, imag = _inverse_fft_kept(real, imag, radius)  # along n1
+    real, imag = (ops.transpose(t, (0, 1, 4, 3, 2)) for t in (real, imag))
+    out = ops.irfft((real, imag), fft_length=sides[2])  # (B, radii, n1 - 2r, n2 - 2r, n3)
+    out = out[..., radius:sides[2] - radius]
     return ops.transpose(out, (0, 2, 3, 4, 1))
 
   def tile(self, igm, src, radius: int):

@@ -9,13 +9,16 @@ model flags, --patch_size and --batch_size). The dense twin's forward pass is wa
 stage by stage, as `keras_cnn.dense.DenseTwin.call` runs it: per block of each branch the
 convolution, the polyphase fold, BatchNormalization (training mode), LeakyReLU and
 pooling (with the branches joined where the preset's --fusion joins them); then
-`dropout`, the `dense` convolution (`keras_cnn.dense.head_conv`), the per-position head,
-the unfold and the loss. Each stage is timed alone (compiled with tf.function, median of
---repeats) in its forward pass and in forward + backward (gradients for its inputs and
-weights), next to the whole step (`train_on_batch`, optimizer included), the optimizer's
-update alone, the input pipeline's batches/s and a float32 matmul of the same run. The
-`dense` convolution is also timed as the direct convolution it replaces (stage
-"head/dense_conv_direct", `baseline_for`; its `share` is against the same sum).
+`dropout`, the `dense` convolution (`keras_cnn.dense.head_conv`), the excursion-set
+features where the preset has them (their sphere means by FFT, standardized and folded:
+forward only, as no gradient flows into them; then their rows of `dense` and their own
+path to the logit), the per-position head, the unfold and the loss. Each stage is timed
+alone (compiled with tf.function, median of --repeats) in its forward pass and in
+forward + backward (gradients for its inputs and weights), next to the whole step
+(`train_on_batch`, optimizer included), the optimizer's update alone, the input
+pipeline's batches/s and a float32 matmul of the same run. The `dense` convolution is
+also timed as the direct convolution it replaces (stage "head/dense_conv_direct",
+`baseline_for`; its `share` is against the same sum).
 
 One JSON object per line: `stage`, `forward_ms`, `train_ms` (forward + backward),
 `share` (of the summed stage train_ms), `gflop` (forward FLOPs of the stage's
@@ -101,10 +104,15 @@ def main(argv) -> None:
   repeats = FLAGS.repeats
   rows = []
 
-  def stage(name, fn, x, variables=(), gflop=0.0):
-    """Times fn(x) forward and forward + backward; returns fn(x) for the next stage."""
+  def stage(name, fn, x, variables=(), gflop=0.0, forward_only=False):
+    """Times fn(x) forward and forward + backward (forward alone where the step takes no
+    gradient through it); returns fn(x) for the next stage."""
     x = tf.convert_to_tensor(x)
     forward = tf.function(fn)
+    if forward_only:
+      forward_ms = _median_ms(lambda: forward(x).numpy(), repeats)
+      rows.append({"stage": name, "forward_ms": forward_ms, "train_ms": forward_ms, "gflop": gflop})
+      return forward(x)
 
     @tf.function
     def train(x):
@@ -157,19 +165,41 @@ def main(argv) -> None:
   x = stage("head/dropout", lambda x: layer("dropout")(x, training=True), x)
   dense_layer = layer("dense")
   kernel_shape = (twin.head_side,) * 3 + (twin.head_channels, twin.head_units)
+  # `dense`'s rows for the flattened features (the excursion-set features' follow them).
+  flat_kernel = dense_layer.kernel[:int(np.prod(kernel_shape[:4]))]
   # The direct convolution that head_conv replaces under tensorflow, for comparison
   # (not part of the step: left out of the shares below).
   stage(
       "head/dense_conv_direct",
-      lambda x: ops.conv(x, ops.cast(ops.reshape(dense_layer.kernel, kernel_shape), x.dtype),
-                         padding="valid") + ops.cast(dense_layer.bias, x.dtype), x,
+      lambda x: ops.conv(x, ops.cast(ops.reshape(flat_kernel, kernel_shape), x.dtype), padding=
+                         "valid") + ops.cast(dense_layer.bias, x.dtype), x,
       dense_layer.trainable_variables, _conv_gflop(tuple(x.shape), kernel_shape))
   comparison = rows.pop()
   x = stage(
       "head/dense_conv",
-      lambda x: dense.head_conv(x, ops.cast(ops.reshape(dense_layer.kernel, kernel_shape), x.dtype))
-      + ops.cast(dense_layer.bias, x.dtype), x, dense_layer.trainable_variables,
+      lambda x: dense.head_conv(x, ops.cast(ops.reshape(flat_kernel, kernel_shape), x.dtype)) + ops.
+      cast(dense_layer.bias, x.dtype), x, dense_layer.trainable_variables,
       _conv_gflop(tuple(x.shape), kernel_shape))
+
+  if twin.excursion:
+    features = stage("excursion/sphere_means_standardized_folded",
+                     lambda igm: twin._excursion(igm, tf.convert_to_tensor(inputs["n_src"]), x),
+                     inputs["n_igm"], forward_only=True)
+    rows_of_dense = dense_layer.kernel[int(np.prod(kernel_shape[:4])):][:twin.excursion]
+    path_variables = [v for el in twin.excursion_layers for v in el.trainable_variables]
+    path_gflop = 2.0 * int(np.prod(features.shape[:4])) * (int(np.prod(rows_of_dense.shape)) + sum(
+        int(np.prod(el.kernel.shape)) for el in twin.excursion_layers if hasattr(el, "kernel"))
+                                                          ) / 1e9
+
+    def excursion_rows_and_path(features):
+      shifted = x + twin._per_position(features, rows_of_dense, x.dtype)
+      logit = features
+      for excursion_layer in twin.excursion_layers:
+        logit = excursion_layer(logit)
+      return ops.cast(shifted, "float32") + ops.mean(ops.cast(logit, "float32"))
+
+    stage("excursion/rows_and_own_path", excursion_rows_and_path, features,
+          [dense_layer.kernel, *path_variables], path_gflop)
 
   def head(x):
     for head_layer in twin.head_layers:
