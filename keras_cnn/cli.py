@@ -174,7 +174,9 @@ def load_box_from_flags(radius: int, require_target: bool, flag_values=FLAGS):
       mean_xhii=flag_values.mean_xhii, data_seed=flag_values.data_seed, radius=radius,
       require_target=require_target,
       data_format=flag_values.data_format if "data_format" in flag_values else "auto",
-      box_size_mpc=flag_values.box_size_mpc if "box_size_mpc" in flag_values else None)
+      box_size_mpc=flag_values.box_size_mpc if "box_size_mpc" in flag_values else None,
+      synthetic_sources=(flag_values.synthetic_sources
+                         if "synthetic_sources" in flag_values else "counts"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -248,10 +248,16 @@ class DataConfig:
   mean_xhii: float = setting(0.5, "Synthetic boxes' mean ionized fraction.",
                              checks=[Check(lambda v: 0.0 < v < 1.0, "must be in (0, 1)")])
   data_seed: int = setting(0, "Seed of the synthetic realizations.", checks=[NON_NEGATIVE])
+  synthetic_sources: str = setting(
+      "photons", "Built-in simulator: what n_src holds. photons: the source counts times the "
+      "ionizing efficiency (solved per realization for --mean_xhii), what a radiative-transfer "
+      "code is given; the ionization threshold is the same in every box. "
+      "counts: the counts alone; the efficiency differs from box to box and is in no input, "
+      "so a model learns its training boxes' (docs/results.md).", choices=("counts", "photons"))
   synthetic_train_boxes: int = setting(
       1, "Built-in simulator: independent realizations in the training split (validation "
-      "and test keep one each; the first training box is the same for every count).",
-      checks=[POSITIVE])
+      "and test keep one each; the first training box is the same for every count). Ignored, "
+      "with a warning, for snapshots of folders or TFDS.", checks=[POSITIVE])
   data_format: str = setting(
       "auto", "Layout of the --data_dir files: auto detects it field by field; npy "
       "(rho/nsrc/xHII_z{z}.npy), c2ray (xfrac3d_{z}.bin, {z}n_all.dat, "

@@ -39,6 +39,7 @@ IMPLIED = {
     "conditioning": "none",
     "data_format": "auto",
     "source_units": "simulator counts",
+    "synthetic_sources": "counts",
     "synthetic_train_boxes": 1,
     "train_redshifts": None,
     "validation_redshifts": None,

@@ -314,16 +314,25 @@ def is_finished(workdir: str) -> bool:
       for name in (conventions.METRICS_FILE, conventions.MODEL_FILE))
 
 
+def recorded_source_units(config: TrainConfig) -> str:
+  """--source_units as the saved model records it: left at its default on the built-in
+  simulator's boxes, the simulator's unit ("simulator counts" or "simulator photons")."""
+  data = config.data
+  if (config.source_units == domain.DEFAULT_SOURCE_UNITS and not data.folders() and
+      data.dataset == splits_lib.SYNTHETIC):
+    return f"simulator {data.synthetic_sources}"
+  return config.source_units
+
+
 def load_run_splits(config: TrainConfig) -> dict:
   """{split: SplitData} of a run, with the sources as its model takes them."""
   data = config.data
-  splits = splits_lib.load_splits(data.data_dir, data.redshift, data.dataset, config.model.radius,
-                                  tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells,
-                                  mean_xhii=data.mean_xhii, data_seed=data.data_seed,
-                                  data_format=data.data_format, box_size_mpc=data.box_size_mpc,
-                                  split_redshifts=data.split_redshifts(),
-                                  split_dirs=data.split_dirs(),
-                                  synthetic_train_boxes=data.synthetic_train_boxes)
+  splits = splits_lib.load_splits(
+      data.data_dir, data.redshift, data.dataset, config.model.radius,
+      tfds_data_dir=data.tfds_data_dir, n_cells=data.n_cells, mean_xhii=data.mean_xhii,
+      data_seed=data.data_seed, data_format=data.data_format, box_size_mpc=data.box_size_mpc,
+      split_redshifts=data.split_redshifts(), split_dirs=data.split_dirs(),
+      synthetic_train_boxes=data.synthetic_train_boxes, synthetic_sources=data.synthetic_sources)
   return splits_lib.for_model(splits, config.model.source_transform)
 
 
@@ -345,7 +354,7 @@ def _train(config: TrainConfig, workdir: str, precision: str,
                                                         config.model.source_transform)
   train = splits["train"]
   record = domain.make_record([(n_igm, n_src) for n_igm, n_src, _ in train.fields], train.region,
-                              config.source_units,
+                              recorded_source_units(config),
                               [snapshot.redshift for snapshot in train.snapshots])
 
   best_path = os.path.join(workdir, conventions.BEST_FILE)

@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 
 
 def _box(seed=11, source_scale=1.0):
-  box = simulate.simulate_snapshot(16, seed=seed)
+  box = simulate.simulate_snapshot(16, seed=seed, sources=TINY.data.synthetic_sources)
   return dataclasses.replace(box, n_src=box.n_src * np.float32(source_scale),
                              name=f"box{seed}x{source_scale:g}")
 
@@ -38,7 +38,8 @@ def test_the_record_travels_in_the_saved_file(trained):
   _, model = trained
   record = domain.read_record(model)
   assert record["source_units"] == UNITS and record["version"] == domain.RECORD_VERSION
-  train_box = simulate.synthetic_splits(n_cells=16, seed=0)["train"][0]
+  train_box = simulate.synthetic_splits(n_cells=16, seed=0,
+                                        sources=TINY.data.synthetic_sources)["train"][0]
   want = domain.input_statistics([(train_box.n_igm, train_box.n_src)])
   assert record["sources"]["mean"] == pytest.approx(want["sources"]["mean"])
   assert record["sources"]["nonzero_fraction"] == pytest.approx(want["sources"]["nonzero_fraction"])
@@ -184,3 +185,15 @@ def test_training_with_mean_scaled_sources_records_the_scaled_inputs(tmp_path):
   assert record["sources"]["mean"] == pytest.approx(1.0, rel=1e-5)
   far = snapshot_lib.for_model(_box(source_scale=1e3), "mean_scaled")
   assert domain.check_inputs(model, [far], strict=True) == []
+
+
+def test_the_simulator_s_source_unit_is_recorded_unless_given():
+  """Left at its default, --source_units records the built-in simulator's unit; a given
+  unit, or the user's own snapshots, keep theirs."""
+  assert training.recorded_source_units(TINY) == "simulator photons"
+  counts = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data,
+                                                              synthetic_sources="counts"))
+  assert training.recorded_source_units(counts) == "simulator counts"
+  assert training.recorded_source_units(dataclasses.replace(TINY, source_units=UNITS)) == UNITS
+  own = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, data_dir="/data/c2ray"))
+  assert training.recorded_source_units(own) == domain.DEFAULT_SOURCE_UNITS

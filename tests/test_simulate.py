@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from keras_cnn import conventions
 from keras_cnn.benchmarks import nonlocality
 from keras_cnn.data import simulate
 from keras_cnn.data.snapshot import overdensity, validate_snapshot
@@ -53,6 +54,26 @@ def test_sources_are_sparse_counts_on_density_peaks():
   assert 0.6 < zero_fraction < 0.99
   delta = overdensity(snap.rho)
   assert delta[n_src > 0].mean() > delta.mean() + 0.3
+
+
+def test_in_photons_one_threshold_ionizes_every_realization():
+  """sources="photons": the counts times the box's own efficiency, the rest unchanged; the
+  simulator's rule with efficiency 1 then gives every box's x_HII, while in counts each
+  realization needs its own efficiency (what a model trained on counts cannot see)."""
+  efficiencies = []
+  for seed in (1, 2):
+    counts = simulate.simulate_snapshot(32, seed=seed)
+    photons = simulate.simulate_snapshot(32, seed=seed, sources="photons")
+    assert np.array_equal(counts.x_hii, photons.x_hii) and np.array_equal(counts.rho, photons.rho)
+    ratio = photons.n_src[counts.n_src > 0] / counts.n_src[counts.n_src > 0]
+    assert np.allclose(ratio, ratio[0], rtol=1e-6)
+    efficiencies.append(float(ratio[0]))
+    max_ratio, cell_ratio = simulate.ionizing_ratio(photons.rho, photons.n_src,
+                                                    conventions.CELL_SIZE_MPC, 50.0)
+    assert np.array_equal(simulate.ionized_fraction(max_ratio, cell_ratio, 1.0), photons.x_hii)
+  assert abs(efficiencies[0] / efficiencies[1] - 1) > 1e-3
+  with pytest.raises(ValueError, match="sources must be one of"):
+    simulate.simulate_snapshot(16, sources="luminosity")
 
 
 def test_density_is_physical_and_grows_with_time():

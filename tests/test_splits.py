@@ -1,6 +1,7 @@
 """Which snapshots each split gets: --redshift lists, --<split>_redshifts, --<split>_dirs."""
 
 import os
+from unittest import mock
 
 import pytest
 from absl import flags
@@ -239,7 +240,7 @@ def test_the_built_in_simulator_takes_one_redshift():
 
 def test_more_simulator_training_boxes_leave_validation_and_test_as_they_were(folders):
   """--synthetic_train_boxes=3: three independent training realizations, the first the
-  one-box run's; validation and test unchanged. Refused for the user's own snapshots."""
+  one-box run's; validation and test unchanged. A warning for the user's own snapshots."""
   one = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N)
   three = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N,
                                  synthetic_train_boxes=3)
@@ -248,9 +249,26 @@ def test_more_simulator_training_boxes_leave_validation_and_test_as_they_were(fo
   assert (boxes[0] == one["train"].snapshots[0].n_igm).all()
   assert not (boxes[1] == boxes[0]).all() and not (boxes[2] == boxes[1]).all()
   for split in ("validation", "test"):
-    assert [s.n_igm.tolist() for s in three[split].snapshots] == [
-        s.n_igm.tolist() for s in one[split].snapshots
-    ]
-  with pytest.raises(errors.UserError, match="--synthetic_train_boxes=2 applies to the "
-                     "built-in simulator only"):
-    splits_lib.load_splits(folders["main"], 8.397, "synthetic", RADIUS, synthetic_train_boxes=2)
+    assert [s.n_igm.tolist() for s in three[split].snapshots
+           ] == [s.n_igm.tolist() for s in one[split].snapshots]
+  # A preset's count does not stop a run on the user's own snapshots: a warning, and the
+  # same splits as without it.
+  with mock.patch.object(splits_lib.logging, "warning") as warning:
+    own = splits_lib.load_splits(folders["main"], 8.397, "synthetic", RADIUS,
+                                 synthetic_train_boxes=2)
+  assert "--synthetic_train_boxes=2 applies to the built-in simulator only" in (
+      warning.call_args[0][0] % warning.call_args[0][1:])
+  assert len(own["train"].snapshots) == len(_load(folders["main"], 8.397)["train"].snapshots)
+
+
+def test_simulator_boxes_in_photons_reach_every_split_and_command():
+  """--synthetic_sources=photons reaches train's splits and evaluate's and predict's box."""
+  counts = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N)
+  photons = splits_lib.load_splits(None, None, "synthetic", RADIUS, n_cells=N,
+                                   synthetic_sources="photons")
+  test_box = splits_lib.load_box(None, None, "synthetic", n_cells=N, synthetic_sources="photons")
+  for split in ("train", "validation", "test"):
+    before, after = counts[split].snapshots[0], photons[split].snapshots[0]
+    assert (before.x_hii == after.x_hii).all()
+    assert after.n_src.sum() > 2 * before.n_src.sum()  # efficiencies are about 4 here
+  assert (test_box[0].n_src == photons["test"].snapshots[0].n_src).all()

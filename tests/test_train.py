@@ -130,7 +130,8 @@ def test_patch_training_saves_a_per_voxel_model_both_engines_agree_on(tmp_path):
   assert isinstance(model, keras.Model) and model.name == "keras_cnn"
   assert model.get_layer("n_igm").batch_shape == (None, 7, 7, 7, 1)
   assert {"conv3d_6", "conv3d_17", "dense", "dense_7"} <= {layer.name for layer in model.layers}
-  box = simulate.synthetic_splits(n_cells=16, seed=0)["test"][0]
+  sources = TINY.data.synthetic_sources
+  box = simulate.synthetic_splits(n_cells=16, seed=0, sources=sources)["test"][0]
   by_dense = inference.predict_map(model, box.n_igm, box.n_src, engine="dense", progress=False)
   by_voxel = inference.predict_map(model, box.n_igm, box.n_src, engine="per_voxel", progress=False)
   np.testing.assert_allclose(by_dense, by_voxel, atol=1e-5, rtol=0)

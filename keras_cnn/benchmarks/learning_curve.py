@@ -122,7 +122,8 @@ def _boxes(config):
   for seed in FLAGS.score_seeds:
     for box in splits_lib.load_box(None, data.redshift, data.dataset, split="test",
                                    n_cells=data.n_cells, mean_xhii=data.mean_xhii,
-                                   data_seed=int(seed), radius=config.model.radius):
+                                   data_seed=int(seed), radius=config.model.radius,
+                                   synthetic_sources=data.synthetic_sources):
       boxes.append((f"seed {seed}", snapshot_lib.for_model(box, config.model.source_transform)))
   return boxes
 

@@ -319,11 +319,16 @@ def ionize(density: np.ndarray, n_src: np.ndarray, mean_xhii: float = 0.5,
   return ionized_fraction(max_ratio, cell_ratio, zeta), zeta
 
 
+# What a synthetic box's n_src holds (`simulate_snapshot(sources=...)`).
+SOURCE_KINDS = ("counts", "photons")
+
+
 def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.397,
                       cell_size_mpc: float = conventions.CELL_SIZE_MPC, mean_xhii: float = 0.5,
                       mfp_mpc: float = 50.0, sources_per_cell: float = 0.2,
                       min_halo_mass_msun: float = 1e9, radius_factor: float = 1.15,
-                      cosmology: Cosmology = PLANCK18, workers: Optional[int] = None) -> Snapshot:
+                      cosmology: Cosmology = PLANCK18, workers: Optional[int] = None,
+                      sources: str = "counts") -> Snapshot:
   """One synthetic periodic snapshot; the same arguments give identical bytes.
 
   Args:
@@ -338,18 +343,26 @@ def simulate_snapshot(n_cells: Shape = 64, seed: int = 0, redshift: float = 8.39
     radius_factor: ratio of successive sphere radii in the excursion set.
     cosmology: flat LambdaCDM parameters.
     workers: FFT threads for the excursion set (does not change the result).
+    sources: what n_src holds (`SOURCE_KINDS`): "counts", the source counts, whose
+      efficiency (solved for `mean_xhii`, different in every realization) is not an
+      input; or "photons", the counts times that efficiency, in which the ionization
+      threshold is the same in every box.
 
   Returns:
-    Snapshot with float32 rho (g/cm^3), n_src (counts) and x_hii.
+    Snapshot with float32 rho (g/cm^3), n_src (counts or photons) and x_hii.
   """
   shape = box_shape(n_cells)
   if not 0.0 < mean_xhii < 1.0:
     raise ValueError(f"mean_xhii must be in (0, 1), got {mean_xhii}")
+  if sources not in SOURCE_KINDS:
+    raise ValueError(f"sources must be one of {SOURCE_KINDS}, got {sources!r}")
   delta = lognormal_overdensity(shape, cell_size_mpc, redshift, _seed_for(seed, 0), cosmology)
   rng = np.random.default_rng(_seed_for(seed, 1))
   n_src = sample_sources(delta, rng, redshift, sources_per_cell, min_halo_mass_msun, cosmology)
   rho = (mean_baryon_density(redshift, cosmology) * (1.0 + delta)).astype(np.float32)
-  x_hii, _ = ionize(rho, n_src, mean_xhii, cell_size_mpc, mfp_mpc, radius_factor, workers)
+  x_hii, zeta = ionize(rho, n_src, mean_xhii, cell_size_mpc, mfp_mpc, radius_factor, workers)
+  if sources == "photons":
+    n_src = (np.float32(zeta) * n_src).astype(np.float32)
   return Snapshot(rho=rho, n_src=n_src, x_hii=x_hii, redshift=float(redshift),
                   name=f"synthetic(seed={seed}, n_cells={shape}, z={redshift:.3f})")
 

@@ -50,7 +50,8 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
              split: str = "test", tfds_data_dir: Optional[str] = None, n_cells: int = 64,
              mean_xhii: float = 0.5, data_seed: int = 0, radius: Optional[int] = None,
              require_target: bool = True, data_format: str = "auto",
-             box_size_mpc: Optional[float] = None) -> List[snapshot_lib.Snapshot]:
+             box_size_mpc: Optional[float] = None,
+             synthetic_sources: str = "counts") -> List[snapshot_lib.Snapshot]:
   """The whole snapshots of one split (a user folder ignores `split`).
 
   `redshift` picks the snapshots of `data_dir` (see `snapshot_lib.select_redshifts`);
@@ -68,7 +69,8 @@ def load_box(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelection, 
     ]
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate  # heavy imports only when simulating
-    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
+    return simulate.synthetic_splits(n_cells=n_cells, seed=data_seed,
+                                     mean_xhii=mean_xhii, sources=synthetic_sources,
                                      **_simulator_redshift(redshift))[split]
   from keras_cnn.data import reionization_boxes  # TFDS only when asked for
 
@@ -95,8 +97,9 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
                 mean_xhii: float = 0.5, data_seed: int = 0, data_format: str = "auto",
                 box_size_mpc: Optional[float] = None,
                 split_redshifts: Optional[Mapping[str, Sequence[float]]] = None,
-                split_dirs: Optional[Mapping[str, Sequence[str]]] = None,
-                synthetic_train_boxes: int = 1) -> Dict[str, SplitData]:
+                split_dirs: Optional[Mapping[str,
+                                             Sequence[str]]] = None, synthetic_train_boxes: int = 1,
+                synthetic_sources: str = "counts") -> Dict[str, SplitData]:
   """Train / validation / test data that share no voxel neighbourhoods.
 
   Args:
@@ -115,6 +118,7 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
     split_redshifts: {split: redshifts of `data_dir` that are that split's own}.
     split_dirs: {split: folders whose snapshots (picked by `redshift`) are its own}.
     synthetic_train_boxes: built-in simulator realizations in the training split.
+    synthetic_sources: what the built-in simulator's n_src holds ("counts", "photons").
 
   Returns:
     {split: SplitData}. A split's own snapshots are whole boxes (region None), but for
@@ -129,18 +133,18 @@ def load_splits(data_dir: Optional[str], redshift: snapshot_lib.RedshiftSelectio
   if unknown:
     raise ValueError(f"unknown split {unknown[0]!r}; expected one of {conventions.SPLITS}")
   if data_dir or split_redshifts or split_dirs or dataset != SYNTHETIC:
-    if synthetic_train_boxes != 1:
-      raise errors.UserError(
-          f"--synthetic_train_boxes={synthetic_train_boxes} applies to the built-in simulator "
-          "only; with your own snapshots, give the training split more of them "
-          "(--train_dirs or --train_redshifts)")
+    if synthetic_train_boxes != 1:  # e.g. from a preset made on the built-in simulator
+      logging.warning(
+          "--synthetic_train_boxes=%d applies to the built-in simulator only; the training "
+          "split is what the data flags give (more of it: --train_dirs, --train_redshifts)",
+          synthetic_train_boxes)
   if data_dir or split_redshifts or split_dirs:
     return _user_splits(data_dir, redshift, radius, data_format, box_size_mpc, split_redshifts,
                         split_dirs)
   if dataset == SYNTHETIC:
     from keras_cnn.data import simulate
     splits = simulate.synthetic_splits(n_cells=n_cells, seed=data_seed, mean_xhii=mean_xhii,
-                                       num_train=synthetic_train_boxes,
+                                       num_train=synthetic_train_boxes, sources=synthetic_sources,
                                        **_simulator_redshift(redshift))
     for snaps in splits.values():
       for snap in snaps:
