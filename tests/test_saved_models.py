@@ -25,8 +25,10 @@ def shipped():
 
 def test_shipped_model_is_small_and_its_card_rebuilds_it(shipped, parse_flags):
   """The card's train command, parsed by train's own flags, builds the shipped network."""
+  from keras_cnn import domain
   from keras_cnn import model as model_lib
   from keras_cnn import train
+  from keras_cnn import training
 
   assert os.path.getsize(SHIPPED) < 8 * 2 ** 20
   card = open(SHIPPED.replace(".keras", ".md")).read()
@@ -38,6 +40,8 @@ def test_shipped_model_is_small_and_its_card_rebuilds_it(shipped, parse_flags):
   assert rebuilt.count_params() == shipped.count_params()
   assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in shipped.layers]
   assert model_lib.source_transform_of(shipped) == config.model.source_transform
+  # ... and the unit its sources are in, which the card's data flags give.
+  assert domain.read_record(shipped)["source_units"] == training.recorded_source_units(config)
 
 
 def test_shipped_model_keeps_the_original_names(shipped):
@@ -72,7 +76,7 @@ print([name for name in heavy if name in sys.modules])
 @pytest.mark.backend
 def test_shipped_model_predicts_an_unseen_box(shipped):
   """On a new realization (seed never used in training) it beats the local baseline."""
-  box = simulate.simulate_snapshot(40, seed=12345)
+  box = simulate.simulate_snapshot(40, seed=12345, sources="photons")  # as it was trained
   assert inference.resolve_engine(shipped) == "dense"
   x_hii = inference.predict_map(shipped, box.n_igm, box.n_src, progress=False)
   assert x_hii.shape == (40, 40, 40) and x_hii.dtype == np.float32
